@@ -1,0 +1,30 @@
+"""Build the private Cython kernels (``fastgen._ext``).
+
+All compiler directives live here, in one place. No ``-march=native``: wheels must run on any
+x86-64 / aarch64 machine of their platform tag.
+"""
+import sys
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "initializedcheck": False,
+    "embedsignature": True,
+}
+
+if sys.platform == "win32":
+    COMPILE_ARGS = ["/O2"]
+else:
+    COMPILE_ARGS = ["-O3", "-fno-math-errno"]
+
+EXTENSIONS = [
+    Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS)
+    for name in ("mel", "image")
+]
+
+setup(ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES))
