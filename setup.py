@@ -20,7 +20,7 @@ DIRECTIVES = {
 if sys.platform == "win32":
     COMPILE_ARGS = ["/O2"]
 else:
-    COMPILE_ARGS = ["-O3", "-fno-math-errno"]
+    COMPILE_ARGS = ["-O3", "-fno-math-errno", "-Wno-psabi"]
 
 EXTENSIONS = [
     Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS)

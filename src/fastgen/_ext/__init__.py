@@ -1,0 +1,1 @@
+"""Private compiled kernels. Import the public wrappers from fastgen.audio / fastgen.image."""

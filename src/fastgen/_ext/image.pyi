@@ -1,0 +1,13 @@
+import numpy as np
+import numpy.typing as npt
+
+def to_generator_input(
+    roi: npt.NDArray[np.uint8], out: npt.NDArray[np.float32],
+    mask_y0: int, mask_y1: int, mask_x0: int, mask_x1: int,
+) -> None: ...
+def from_generator_output(pred: npt.NDArray[np.float32], out: npt.NDArray[np.uint8]) -> None: ...
+def resize_bicubic(src: npt.NDArray[np.uint8], dst: npt.NDArray[np.uint8]) -> None: ...
+def composite_patch(
+    frame: npt.NDArray[np.uint8], patch: npt.NDArray[np.uint8],
+    x0: int, y0: int, x1: int, y1: int, feather: int,
+) -> None: ...

@@ -1,0 +1,283 @@
+"""Private image kernels (public layer: fastgen.image).
+
+Every kernel is a ``cdef ... noexcept nogil`` routine plus a ``def`` wrapper that checks shapes,
+strides and bounds and then releases the GIL.  Images are uint8 BGR with contiguous pixels
+(pixel stride 3) and any positive row pitch, so views such as ``frame[y0:y1, x0:x1]`` are used in
+place, never copied.
+"""
+from libc.math cimport floorf, nearbyintf
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+
+ctypedef unsigned char u8
+
+cdef float _LUT[256]
+for _i in range(256):
+    # float32(i) / float32(255): the same rounding as numpy's ``uint8.astype(float32) / 255.0``
+    _LUT[_i] = <float>_i / <float>255.0
+
+
+cdef inline Py_ssize_t _pitch(const u8[:, :, ::1] img, str name) except -1:
+    if img.shape[2] != 3 or (img.shape[1] > 1 and img.strides[1] != 3):
+        raise ValueError(f"{name}: expected contiguous 3-channel pixels, got shape "
+                         f"({img.shape[0]}, {img.shape[1]}, {img.shape[2]}) with strides "
+                         f"({img.strides[0]}, {img.strides[1]}, {img.strides[2]})")
+    if img.shape[0] > 1 and img.strides[0] < img.shape[1] * 3:
+        raise ValueError(f"{name}: row stride {img.strides[0]} is smaller than a row "
+                         f"({img.shape[1]} pixels x 3)")
+    return img.strides[0]
+
+
+# ---------------------------------------------------------------- generator input / output
+
+cdef void _to_input(const u8 *src, Py_ssize_t pitch, Py_ssize_t h, Py_ssize_t w, float *out,
+                    Py_ssize_t my0, Py_ssize_t my1, Py_ssize_t mx0, Py_ssize_t mx1) noexcept nogil:
+    cdef Py_ssize_t plane = h * w, y, x
+    cdef float *b
+    cdef float *g
+    cdef float *r
+    cdef float *mb
+    cdef float *mg
+    cdef float *mr
+    cdef const u8 *row
+    cdef float vb, vg, vr
+    for y in range(h):
+        row = src + y * pitch
+        b = out + y * w
+        g = b + plane
+        r = g + plane
+        mb = r + plane
+        mg = mb + plane
+        mr = mg + plane
+        for x in range(w):
+            vb = _LUT[row[3 * x]]
+            vg = _LUT[row[3 * x + 1]]
+            vr = _LUT[row[3 * x + 2]]
+            b[x] = vb
+            g[x] = vg
+            r[x] = vr
+            mb[x] = vb
+            mg[x] = vg
+            mr[x] = vr
+        if my0 <= y < my1 and mx0 < mx1:
+            # the masked copy hides the mouth region (SPEC section 4)
+            memset(mb + mx0, 0, (mx1 - mx0) * sizeof(float))
+            memset(mg + mx0, 0, (mx1 - mx0) * sizeof(float))
+            memset(mr + mx0, 0, (mx1 - mx0) * sizeof(float))
+
+
+def to_generator_input(const u8[:, :, ::1] roi, float[:, :, ::1] out, Py_ssize_t mask_y0,
+                       Py_ssize_t mask_y1, Py_ssize_t mask_x0, Py_ssize_t mask_x1):
+    """roi (H, W, 3) uint8 -> out (6, H, W) float32: [roi B,G,R, masked B,G,R] / 255."""
+    cdef Py_ssize_t pitch = _pitch(roi, "roi"), h = roi.shape[0], w = roi.shape[1]
+    if out.shape[0] != 6 or out.shape[1] != h or out.shape[2] != w:
+        raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}, {out.shape[2]}), "
+                         f"expected (6, {h}, {w})")
+    if h == 0 or w == 0:
+        return
+    mask_y0, mask_y1 = max(0, mask_y0), min(h, mask_y1)
+    mask_x0, mask_x1 = max(0, mask_x0), min(w, mask_x1)
+    with nogil:
+        _to_input(&roi[0, 0, 0], pitch, h, w, &out[0, 0, 0], mask_y0, mask_y1, mask_x0, mask_x1)
+
+
+cdef void _from_output(const float *pred, Py_ssize_t h, Py_ssize_t w, u8 *dst,
+                       Py_ssize_t pitch) noexcept nogil:
+    cdef Py_ssize_t plane = h * w, y, x, c
+    cdef const float *p
+    cdef u8 *row
+    cdef float v
+    for y in range(h):
+        row = dst + y * pitch
+        for c in range(3):
+            p = pred + c * plane + y * w
+            for x in range(w):
+                v = p[x] * <float>255.0
+                # truncation, as numpy's astype(uint8) after ``* 255`` (SPEC section 6);
+                # clamped so out-of-range or NaN values cannot wrap around
+                row[3 * x + c] = <u8>v if v > 0 and v < 256 else (255 if v >= 256 else 0)
+
+
+def from_generator_output(const float[:, :, ::1] pred, u8[:, :, ::1] out):
+    """pred (3, H, W) float32 in [0, 1] -> out (H, W, 3) uint8 = trunc(pred * 255), HWC."""
+    cdef Py_ssize_t pitch = _pitch(out, "out"), h = out.shape[0], w = out.shape[1]
+    if pred.shape[0] != 3 or pred.shape[1] != h or pred.shape[2] != w:
+        raise ValueError(f"pred has shape ({pred.shape[0]}, {pred.shape[1]}, {pred.shape[2]}), "
+                         f"expected (3, {h}, {w})")
+    if h == 0 or w == 0:
+        return
+    with nogil:
+        _from_output(&pred[0, 0, 0], h, w, &out[0, 0, 0], pitch)
+
+
+# ---------------------------------------------------------------- bicubic resize (INTER_CUBIC)
+
+cdef inline void _cubic_coeffs(float x, float *c) noexcept nogil:
+    # OpenCV interpolateCubic, A = -0.75, in float as OpenCV computes it
+    cdef float A = -0.75
+    c[0] = ((A * (x + 1) - 5 * A) * (x + 1) + 8 * A) * (x + 1) - 4 * A
+    c[1] = ((A + 2) * x - (A + 3)) * x * x + 1
+    c[2] = ((A + 2) * (1 - x) - (A + 3)) * (1 - x) * (1 - x) + 1
+    c[3] = 1.0 - c[0] - c[1] - c[2]
+
+
+cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t hi) noexcept nogil:
+    return 0 if v < 0 else (hi if v > hi else v)
+
+
+cdef void _taps(Py_ssize_t ssize, Py_ssize_t dsize, int *first, float *coef) noexcept nogil:
+    """Source index of the first tap and the four cubic weights of every output pixel."""
+    cdef double scale = 1.0 / (<double>dsize / <double>ssize)
+    cdef Py_ssize_t d
+    cdef float f, c[4]
+    cdef int s, k
+    for d in range(dsize):
+        f = <float>((d + 0.5) * scale - 0.5)
+        s = <int>floorf(f)
+        f -= s
+        _cubic_coeffs(f, c)
+        first[d] = s - 1
+        for k in range(4):
+            coef[4 * d + k] = c[k]
+
+
+cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
+                 u8 *dst, Py_ssize_t dpitch, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """Separable cubic resize: horizontal pass into a 4-row ring, then the vertical pass.
+
+    Single-precision weights and sums, rounded to nearest at the end: what OpenCV (5.x) computes
+    for INTER_CUBIC on uint8.  Returns -1 if out of memory.
+    """
+    cdef int *xf = <int *>malloc(dw * sizeof(int))
+    cdef float *xc = <float *>malloc(4 * dw * sizeof(float))
+    cdef int *yf = <int *>malloc(dh * sizeof(int))
+    cdef float *yc = <float *>malloc(4 * dh * sizeof(float))
+    cdef Py_ssize_t *xo = <Py_ssize_t *>malloc(4 * dw * sizeof(Py_ssize_t))
+    cdef float *ring = <float *>malloc(4 * dw * 3 * sizeof(float))
+    cdef Py_ssize_t tags[4]
+    cdef Py_ssize_t x, y, k, r, slot, j
+    cdef const u8 *srow
+    cdef float *hrow
+    cdef const float *rows[4]
+    cdef float a0, a1, a2, a3
+    cdef const Py_ssize_t *o
+    cdef float b0, b1, b2, b3, v
+    cdef u8 *drow
+    if not (xf and xc and yf and yc and xo and ring):
+        free(xf); free(xc); free(yf); free(yc); free(xo); free(ring)
+        return -1
+    _taps(sw, dw, xf, xc)
+    _taps(sh, dh, yf, yc)
+    for x in range(dw):
+        for k in range(4):
+            xo[4 * x + k] = 3 * _clamp(xf[x] + k, sw - 1)   # replicate border
+    for k in range(4):
+        tags[k] = -1
+    for y in range(dh):
+        for k in range(4):
+            r = _clamp(yf[y] + k, sh - 1)
+            slot = r & 3
+            hrow = ring + slot * dw * 3
+            if tags[slot] != r:
+                tags[slot] = r
+                srow = src + r * spitch
+                for x in range(dw):
+                    o = xo + 4 * x
+                    a0 = xc[4 * x]
+                    a1 = xc[4 * x + 1]
+                    a2 = xc[4 * x + 2]
+                    a3 = xc[4 * x + 3]
+                    for j in range(3):
+                        hrow[3 * x + j] = (srow[o[0] + j] * a0 + srow[o[1] + j] * a1
+                                           + srow[o[2] + j] * a2 + srow[o[3] + j] * a3)
+            rows[k] = hrow
+        b0 = yc[4 * y]
+        b1 = yc[4 * y + 1]
+        b2 = yc[4 * y + 2]
+        b3 = yc[4 * y + 3]
+        drow = dst + y * dpitch
+        for x in range(dw * 3):
+            v = nearbyintf(rows[0][x] * b0 + rows[1][x] * b1 + rows[2][x] * b2 + rows[3][x] * b3)
+            drow[x] = 0 if v < 0 else (255 if v > 255 else <u8>v)
+    free(xf); free(xc); free(yf); free(yc); free(xo); free(ring)
+    return 0
+
+
+def resize_bicubic(const u8[:, :, ::1] src, u8[:, :, ::1] dst):
+    """Resize src (h, w, 3) into dst (H, W, 3), OpenCV INTER_CUBIC semantics."""
+    cdef Py_ssize_t sp = _pitch(src, "src"), dp = _pitch(dst, "dst")
+    cdef Py_ssize_t sh = src.shape[0], sw = src.shape[1], dh = dst.shape[0], dw = dst.shape[1]
+    cdef int rc = 0
+    if dh == 0 or dw == 0:
+        return
+    if sh == 0 or sw == 0:
+        raise ValueError(f"src is empty (shape ({sh}, {sw}, 3)) but dst is ({dh}, {dw}, 3)")
+    with nogil:
+        rc = _resize(&src[0, 0, 0], sp, sh, sw, &dst[0, 0, 0], dp, dh, dw)
+    if rc:
+        raise MemoryError("resize_bicubic: out of memory")
+
+
+# ---------------------------------------------------------------- compositing
+
+cdef void _ramp(int *a, Py_ssize_t n, int feather) noexcept nogil:
+    # weight 1..feather+1 / (feather+1) from each edge inwards, in 1/256 steps
+    cdef Py_ssize_t i, d
+    for i in range(n):
+        d = min(i, n - 1 - i) + 1
+        a[i] = 256 if d > feather else <int>((d * 256) // (feather + 1))
+
+
+cdef int _blend(u8 *dst, Py_ssize_t dpitch, const u8 *patch, Py_ssize_t h, Py_ssize_t w,
+                int feather) noexcept nogil:
+    cdef int *ax = <int *>malloc(w * sizeof(int))
+    cdef int *ay = <int *>malloc(h * sizeof(int))
+    cdef Py_ssize_t x, y, c
+    cdef int a
+    cdef u8 *drow
+    cdef const u8 *prow
+    if not (ax and ay):
+        free(ax); free(ay)
+        return -1
+    _ramp(ax, w, feather)
+    _ramp(ay, h, feather)
+    for y in range(h):
+        drow = dst + y * dpitch
+        prow = patch + y * w * 3
+        for x in range(w):
+            a = (ax[x] * ay[y] + 128) >> 8        # 0..256
+            for c in range(3):
+                drow[3 * x + c] = <u8>((prow[3 * x + c] * a + drow[3 * x + c] * (256 - a) + 128) >> 8)
+    free(ax); free(ay)
+    return 0
+
+
+def composite_patch(u8[:, :, ::1] frame, const u8[:, :, ::1] patch, Py_ssize_t x0,
+                    Py_ssize_t y0, Py_ssize_t x1, Py_ssize_t y1, int feather):
+    """Resize patch to the box (x0, y0)-(x1, y1) and write it into frame in place."""
+    cdef Py_ssize_t fp = _pitch(frame, "frame"), pp = _pitch(patch, "patch")
+    cdef Py_ssize_t bw = x1 - x0, bh = y1 - y0
+    cdef int rc = 0
+    cdef u8 *tmp
+    if not (0 <= x0 < x1 <= frame.shape[1] and 0 <= y0 < y1 <= frame.shape[0]):
+        raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) is empty or outside the "
+                         f"{frame.shape[1]}x{frame.shape[0]} frame")
+    if patch.shape[0] == 0 or patch.shape[1] == 0:
+        raise ValueError(f"patch is empty: shape ({patch.shape[0]}, {patch.shape[1]}, 3)")
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    cdef u8 *box = &frame[y0, x0, 0]
+    if feather == 0:
+        with nogil:
+            rc = _resize(&patch[0, 0, 0], pp, patch.shape[0], patch.shape[1], box, fp, bh, bw)
+    else:
+        tmp = <u8 *>malloc(bh * bw * 3)
+        if tmp == NULL:
+            raise MemoryError("composite_patch: out of memory")
+        with nogil:
+            rc = _resize(&patch[0, 0, 0], pp, patch.shape[0], patch.shape[1], tmp, bw * 3, bh, bw)
+            if rc == 0:
+                rc = _blend(box, fp, tmp, bh, bw, feather)
+        free(tmp)
+    if rc:
+        raise MemoryError("composite_patch: out of memory")

@@ -1,0 +1,137 @@
+"""Image kernels of the per-frame hot loop (SPEC sections 4 and 6).
+
+Public wrappers around ``fastgen._ext.image``: they check dtype, shape and strides (naming what
+they got), then call a GIL-free kernel.  Images are uint8 BGR ``(H, W, 3)`` with contiguous pixels;
+any row pitch is accepted, so a crop or a slice of a larger frame is used in place.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ._ext import image as _image
+
+ROI_SIZE = 320
+CROP_SIZE = 328
+ROI_OFFSET = 4                 # roi = crop328[4:324, 4:324]
+# Mouth mask of the generator's second input: rows 5..309, columns 5..314 inclusive
+# (cv2.rectangle(img, (5, 5, 310, 305), 0, -1) in SyncTalk_2D).
+MASK_ROWS = (5, 310)
+MASK_COLS = (5, 315)
+
+
+def _describe(arr: np.ndarray) -> str:
+    return f"shape {arr.shape}, strides {arr.strides}, dtype {arr.dtype}"
+
+
+def _check_image(name: str, arr: object, *, writable: bool = False,
+                 shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
+    if arr.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8, got {_describe(arr)}")
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"{name} must be (H, W, 3) BGR, got {_describe(arr)}")
+    if shape is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
+    if (arr.shape[1] > 1 and arr.strides[1] != 3) or arr.strides[2] != 1 or (
+            arr.shape[0] > 1 and arr.strides[0] < 3 * arr.shape[1]):
+        raise ValueError(f"{name} needs contiguous pixels (strides (pitch, 3, 1)), got {_describe(arr)}")
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return arr
+
+
+def _check_float(name: str, arr: object, shape: Sequence[int], *, writable: bool = False) -> np.ndarray:
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(arr).__name__}")
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name} must be float32, got {_describe(arr)}")
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got {_describe(arr)}")
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return arr
+
+
+def to_generator_input(roi: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Write one BGR ROI as the generator's 6-channel input (SPEC section 4).
+
+    ``out`` is a C-contiguous float32 ``(6, H, W)`` array — typically ``batch[i]`` of a reusable
+    ``(B, 6, 320, 320)`` buffer — or ``(1, 6, H, W)``; channels ``[B, G, R, masked B, G, R]``
+    as ``uint8 / 255``.  Returns ``out`` (allocated when not given).
+    """
+    roi = _check_image("roi", roi)
+    h, w = roi.shape[:2]
+    if out is None:
+        out = np.empty((6, h, w), dtype=np.float32)
+    target = out[0] if isinstance(out, np.ndarray) and out.ndim == 4 and out.shape[0] == 1 else out
+    _check_float("out", target, (6, h, w), writable=True)
+    _image.to_generator_input(roi, target, MASK_ROWS[0], MASK_ROWS[1], MASK_COLS[0], MASK_COLS[1])
+    return out
+
+
+def from_generator_output(pred: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Generator output ``(3, H, W)`` float32 in [0, 1] -> uint8 ``(H, W, 3)`` BGR.
+
+    Truncates like the reference (``uint8(pred * 255)``); out-of-range values saturate.  ``out``
+    may be a view such as ``crop328[4:324, 4:324]``, written in place.  ``(1, 3, H, W)`` is
+    accepted too.
+    """
+    if isinstance(pred, np.ndarray) and pred.ndim == 4 and pred.shape[0] == 1:
+        pred = pred[0]
+    if not isinstance(pred, np.ndarray) or pred.ndim != 3 or pred.shape[0] != 3:
+        got = _describe(pred) if isinstance(pred, np.ndarray) else type(pred).__name__
+        raise ValueError(f"pred must be (3, H, W) float32, got {got}")
+    h, w = pred.shape[1:]
+    _check_float("pred", pred, (3, h, w))
+    if out is None:
+        out = np.empty((h, w, 3), dtype=np.uint8)
+    _check_image("out", out, writable=True, shape=(h, w, 3))
+    _image.from_generator_output(pred, out)
+    return out
+
+
+def resize_bicubic(src: np.ndarray, width: int, height: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Bicubic resize of a uint8 BGR image to ``width`` x ``height`` (OpenCV ``INTER_CUBIC``).
+
+    Matches ``cv2.resize(src, (width, height), interpolation=cv2.INTER_CUBIC)`` to within one
+    grey level.  ``out`` may be any ``(height, width, 3)`` uint8 view with contiguous pixels.
+    """
+    src = _check_image("src", src)
+    width, height = int(width), int(height)
+    if width < 0 or height < 0:
+        raise ValueError(f"width and height must be >= 0, got {width}x{height}")
+    if out is None:
+        out = np.empty((height, width, 3), dtype=np.uint8)
+    _check_image("out", out, writable=True, shape=(height, width, 3))
+    if (src.shape[0] == 0 or src.shape[1] == 0) and out.size:
+        raise ValueError(f"src is empty ({_describe(src)}) but the target is {width}x{height}")
+    _image.resize_bicubic(src, out)
+    return out
+
+
+def composite_patch(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], feather: int = 0) -> np.ndarray:
+    """Resize ``crop328`` to ``box = (x0, y0, x1, y1)`` and write it into ``frame`` in place.
+
+    ``feather=0`` is the reference's hard paste (SPEC section 6); ``feather > 0`` ramps the patch's
+    alpha from the box edge inwards over that many pixels so no box edge is visible.  Only
+    pixels inside the box are touched.  Returns ``frame``.
+    """
+    frame = _check_image("frame", frame, writable=True)
+    crop328 = _check_image("crop328", crop328)
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"box must be four integers (x0, y0, x1, y1), got {box!r}") from None
+    h, w = frame.shape[:2]
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise ValueError(f"box {(x0, y0, x1, y1)} is empty or outside the {w}x{h} frame")
+    feather = int(feather)
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    _image.composite_patch(frame, crop328, x0, y0, x1, y1, feather)
+    return frame
