@@ -35,8 +35,9 @@ def _check_image(name: str, arr: object, *, writable: bool = False,
         raise ValueError(f"{name} must be (H, W, 3) BGR, got {_describe(arr)}")
     if shape is not None and tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
-    if (arr.shape[1] > 1 and arr.strides[1] != 3) or arr.strides[2] != 1 or (
-            arr.shape[0] > 1 and arr.strides[0] < 3 * arr.shape[1]):
+    pixel_stride_bad = arr.shape[1] > 1 and arr.strides[1] != 3
+    row_stride_bad = arr.shape[0] > 1 and arr.strides[0] < 3 * arr.shape[1]
+    if arr.size and (pixel_stride_bad or row_stride_bad or arr.strides[2] != 1):
         raise ValueError(f"{name} needs contiguous pixels (strides (pitch, 3, 1)), got {_describe(arr)}")
     if writable and not arr.flags.writeable:
         raise ValueError(f"{name} is read-only")

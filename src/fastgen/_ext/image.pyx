@@ -17,8 +17,13 @@ for _i in range(256):
     _LUT[_i] = <float>_i / <float>255.0
 
 
-cdef inline Py_ssize_t _pitch(const u8[:, :, ::1] img, str name) except -1:
-    if img.shape[2] != 3 or (img.shape[1] > 1 and img.strides[1] != 3):
+cdef inline Py_ssize_t _pitch(const u8[:, :, :] img, str name) except -1:
+    if img.shape[2] != 3:
+        raise ValueError(f"{name}: expected 3 channels, got shape "
+                         f"({img.shape[0]}, {img.shape[1]}, {img.shape[2]})")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        return 0
+    if img.strides[2] != 1 or (img.shape[1] > 1 and img.strides[1] != 3):
         raise ValueError(f"{name}: expected contiguous 3-channel pixels, got shape "
                          f"({img.shape[0]}, {img.shape[1]}, {img.shape[2]}) with strides "
                          f"({img.strides[0]}, {img.strides[1]}, {img.strides[2]})")
@@ -66,7 +71,7 @@ cdef void _to_input(const u8 *src, Py_ssize_t pitch, Py_ssize_t h, Py_ssize_t w,
             memset(mr + mx0, 0, (mx1 - mx0) * sizeof(float))
 
 
-def to_generator_input(const u8[:, :, ::1] roi, float[:, :, ::1] out, Py_ssize_t mask_y0,
+def to_generator_input(const u8[:, :, :] roi, float[:, :, ::1] out, Py_ssize_t mask_y0,
                        Py_ssize_t mask_y1, Py_ssize_t mask_x0, Py_ssize_t mask_x1):
     """roi (H, W, 3) uint8 -> out (6, H, W) float32: [roi B,G,R, masked B,G,R] / 255."""
     cdef Py_ssize_t pitch = _pitch(roi, "roi"), h = roi.shape[0], w = roi.shape[1]
@@ -98,7 +103,7 @@ cdef void _from_output(const float *pred, Py_ssize_t h, Py_ssize_t w, u8 *dst,
                 row[3 * x + c] = <u8>v if v > 0 and v < 256 else (255 if v >= 256 else 0)
 
 
-def from_generator_output(const float[:, :, ::1] pred, u8[:, :, ::1] out):
+def from_generator_output(const float[:, :, ::1] pred, u8[:, :, :] out):
     """pred (3, H, W) float32 in [0, 1] -> out (H, W, 3) uint8 = trunc(pred * 255), HWC."""
     cdef Py_ssize_t pitch = _pitch(out, "out"), h = out.shape[0], w = out.shape[1]
     if pred.shape[0] != 3 or pred.shape[1] != h or pred.shape[2] != w:
@@ -203,7 +208,7 @@ cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
     return 0
 
 
-def resize_bicubic(const u8[:, :, ::1] src, u8[:, :, ::1] dst):
+def resize_bicubic(const u8[:, :, :] src, u8[:, :, :] dst):
     """Resize src (h, w, 3) into dst (H, W, 3), OpenCV INTER_CUBIC semantics."""
     cdef Py_ssize_t sp = _pitch(src, "src"), dp = _pitch(dst, "dst")
     cdef Py_ssize_t sh = src.shape[0], sw = src.shape[1], dh = dst.shape[0], dw = dst.shape[1]
@@ -252,7 +257,7 @@ cdef int _blend(u8 *dst, Py_ssize_t dpitch, const u8 *patch, Py_ssize_t h, Py_ss
     return 0
 
 
-def composite_patch(u8[:, :, ::1] frame, const u8[:, :, ::1] patch, Py_ssize_t x0,
+def composite_patch(u8[:, :, :] frame, const u8[:, :, :] patch, Py_ssize_t x0,
                     Py_ssize_t y0, Py_ssize_t x1, Py_ssize_t y1, int feather):
     """Resize patch to the box (x0, y0)-(x1, y1) and write it into frame in place."""
     cdef Py_ssize_t fp = _pitch(frame, "frame"), pp = _pitch(patch, "patch")
