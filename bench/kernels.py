@@ -1,0 +1,151 @@
+"""Kernel benchmark: each fastgen kernel next to the library formulation users trust for it.
+
+    python bench/kernels.py [--audio talk.wav] [--repeats 15] [--json]
+
+Times are min / median over repeats of one call (ms).  ``ratio`` = reference min / fastgen min.
+``scaling_2t`` = time for 2k calls on one thread / time for the same 2k calls split over two
+threads; near 2.0 means the kernel really runs without the GIL.  OpenCV is pinned to one thread
+(cv2.setNumThreads(1)) so that one call compares to one call.  Targets (issue 2): log_mel >= 5x
+librosa; to_generator_input and from_generator_output <= 0.5 ms; composite_patch <= 1.0 ms;
+scaling >= 1.7.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from typing import Callable
+
+import cv2
+import librosa
+import numpy as np
+import scipy.signal
+
+from fastgen import audio, image
+
+TARGETS = {"log_mel": ("ratio", ">=", 5.0), "to_generator_input": ("fastgen_min_ms", "<=", 0.5),
+           "from_generator_output": ("fastgen_min_ms", "<=", 0.5),
+           "composite_patch": ("fastgen_min_ms", "<=", 1.0)}
+
+
+def timeit(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    fn()  # warm-up: caches, plans, page faults
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times) * 1e3, statistics.median(times) * 1e3
+
+
+def scaling(fn: Callable[[], object], calls: int) -> float:
+    """Same total work on one thread and on two; best of 3 of each."""
+    def run(nthreads: int) -> float:
+        per = calls // nthreads
+        def body():
+            for _ in range(per):
+                fn()
+        threads = [threading.Thread(target=body) for _ in range(nthreads)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        return time.perf_counter() - t
+    one = min(run(1) for _ in range(3))
+    two = min(run(2) for _ in range(3))
+    return one / two
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--audio", help="speech file (default: 45 s of synthetic speech-like audio)")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    cv2.setNumThreads(1)
+    rng = np.random.default_rng(0)
+
+    if args.audio:
+        wav = audio.load_audio(args.audio)
+        source = args.audio
+    else:
+        sys.path.insert(0, "tests")
+        from conftest import speech_like
+        wav, source = speech_like(45.0), "synthetic speech-like, 45 s"
+    basis = librosa.filters.mel(sr=16000, n_fft=800, n_mels=80, fmin=55, fmax=7600)
+
+    def librosa_log_mel():
+        y = scipy.signal.lfilter([1, -0.97], [1], wav)
+        d = librosa.stft(y=y, n_fft=800, hop_length=200, win_length=800)
+        s = 20 * np.log10(np.maximum(1e-5, np.dot(basis, np.abs(d)))) - 20
+        return np.clip(8 * (s + 100) / 100 - 4, -4, 4).T
+
+    crop = rng.integers(0, 256, (328, 328, 3), dtype=np.uint8)
+    roi = crop[4:324, 4:324]
+    batch = np.empty((4, 6, 320, 320), np.float32)
+    pred = rng.random((3, 320, 320), dtype=np.float32)
+    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    box = (549, 270, 731, 452)   # a 182-pixel box in a 1280x720 frame
+    x0, y0, x1, y1 = box
+
+    def numpy_input():
+        masked = roi.copy()
+        masked[5:310, 5:315] = 0
+        batch[1] = np.concatenate([roi, masked], axis=2).transpose(2, 0, 1).astype(np.float32) / 255.0
+
+    def numpy_output():
+        crop[4:324, 4:324] = (pred.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+    def opencv_composite():
+        frame[y0:y1, x0:x1] = cv2.resize(crop, (x1 - x0, y1 - y0), interpolation=cv2.INTER_CUBIC)
+
+    cases = {
+        "log_mel": (lambda: audio.log_mel(wav), librosa_log_mel, "librosa+scipy (SPEC 2)", 4),
+        "to_generator_input": (lambda: image.to_generator_input(roi, batch[1]), numpy_input,
+                               "numpy", 200),
+        "from_generator_output": (lambda: image.from_generator_output(pred, crop[4:324, 4:324]),
+                                  numpy_output, "numpy", 200),
+        "resize_bicubic": (lambda: image.resize_bicubic(crop, 182, 182),
+                           lambda: cv2.resize(crop, (182, 182), interpolation=cv2.INTER_CUBIC),
+                           "cv2.resize INTER_CUBIC", 200),
+        "composite_patch": (lambda: image.composite_patch(frame, crop, box), opencv_composite,
+                            "cv2.resize + numpy paste", 200),
+        "composite_patch_feather8": (lambda: image.composite_patch(frame, crop, box, feather=8),
+                                     opencv_composite, "cv2.resize + numpy paste (hard)", 200),
+    }
+    results = {}
+    for name, (ours, ref, ref_name, calls) in cases.items():
+        f_min, f_med = timeit(ours, args.repeats)
+        r_min, r_med = timeit(ref, args.repeats)
+        entry = {"fastgen_min_ms": round(f_min, 4), "fastgen_median_ms": round(f_med, 4),
+                 "reference": ref_name, "reference_min_ms": round(r_min, 4),
+                 "reference_median_ms": round(r_med, 4), "ratio": round(r_min / f_min, 2),
+                 "scaling_2t": round(scaling(ours, calls), 2)}
+        if name in TARGETS:
+            key, op, bound = TARGETS[name]
+            value = entry[key]
+            entry["target"] = f"{key} {op} {bound}"
+            entry["target_met"] = bool(value >= bound if op == ">=" else value <= bound)
+        entry["scaling_target_met"] = entry["scaling_2t"] >= 1.7
+        results[name] = entry
+
+    report = {"machine": {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(),
+                          "numpy": np.__version__, "opencv": cv2.__version__, "librosa": librosa.__version__},
+              "audio": {"source": source, "seconds": round(len(wav) / 16000, 2)},
+              "repeats": args.repeats, "kernels": results}
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for name, e in results.items():
+            print(f"{name:26s} fastgen {e['fastgen_min_ms']:8.3f} ms  {e['reference']:32s} "
+                  f"{e['reference_min_ms']:8.3f} ms  ratio {e['ratio']:6.2f}  2-thread x{e['scaling_2t']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
