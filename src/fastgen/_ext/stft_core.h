@@ -54,6 +54,7 @@ typedef struct {
     fg_v4d *are, *aim, *bre, *bim; /* h each */
     fg_v4d *mag;                   /* h + 1 */
     fg_v4d *tmp;                   /* 2 * max_radix (generic butterflies) */
+    double *e;                     /* pre-emphasised samples of one group: n + 3 * (n / 2) */
 } fg_work;
 
 static void fg_plan_free(fg_plan *p) {
@@ -131,7 +132,7 @@ static void fg_work_free(fg_work *w) {
 
 static int fg_work_alloc(fg_work *w, const fg_plan *p) {
     size_t h = (size_t)p->h;
-    size_t total = 4 * h + (h + 1) + 2 * (size_t)p->max_radix;
+    size_t total = 4 * h + (h + 1) + 2 * (size_t)p->max_radix + (5 * h + 3) / 4 + 1;
     fg_v4d *base = (fg_v4d *)aligned_alloc(32, sizeof(fg_v4d) * total);
     w->are = base;
     if (!base) return -2;
@@ -140,6 +141,7 @@ static int fg_work_alloc(fg_work *w, const fg_plan *p) {
     w->bim = base + 3 * h;
     w->mag = base + 4 * h;
     w->tmp = base + 5 * h + 1;
+    w->e = (double *)(w->tmp + 2 * (size_t)p->max_radix);
     return 0;
 }
 
@@ -213,10 +215,11 @@ FG_INLINE void fg_load(const fg_plan *p, const float *x, ptrdiff_t L, int hop, p
 #define CMUL_TW(yr, yi, xr, xi, c, s) do { fg_v4d _r = (xr) * (c) - (xi) * (s); \
     (yi) = (xr) * (s) + (xi) * (c); (yr) = _r; } while (0)
 
-FG_INLINE void fg_stage(const fg_plan *p, int st, const fg_v4d *restrict xr, const fg_v4d *restrict xi,
-                        fg_v4d *restrict yr, fg_v4d *restrict yi, fg_v4d *restrict tmp) {
-    const int r = p->radix[st], m = p->m[st], s = p->s[st];
-    const double *tw = p->tw + 2 * (size_t)p->tw_off[st];
+/* One stage of radix r, m butterflies per stride group, stride s, twiddles tw.  Always inlined, so
+ * a call with constant r, m, s (the n_fft = 800 fast path) compiles to a specialised loop. */
+FG_INLINE void fg_stage_x(const fg_plan *p, int r, int m, int s, const double *tw,
+                          const fg_v4d *restrict xr, const fg_v4d *restrict xi,
+                          fg_v4d *restrict yr, fg_v4d *restrict yi, fg_v4d *restrict tmp) {
     const int sm = s * m;
     for (int q = 0; q < m; q++) {
         const double *t = tw + 2 * (size_t)q * (r - 1);
@@ -311,6 +314,12 @@ FG_INLINE void fg_stage(const fg_plan *p, int st, const fg_v4d *restrict xr, con
     }
 }
 
+FG_INLINE void fg_stage(const fg_plan *p, int st, const fg_v4d *restrict xr, const fg_v4d *restrict xi,
+                        fg_v4d *restrict yr, fg_v4d *restrict yi, fg_v4d *restrict tmp) {
+    fg_stage_x(p, p->radix[st], p->m[st], p->s[st], p->tw + 2 * (size_t)p->tw_off[st], xr, xi, yr, yi,
+               tmp);
+}
+
 /* FFT of (are, aim) in place (result lands back in are/aim), then the real split step and the
  * magnitudes |X[k]|, k = 0..kmax-1 (kmax <= h + 1), into w->mag. */
 FG_INLINE void fg_magnitude(const fg_plan *p, fg_work *w, int kmax) {
@@ -339,6 +348,149 @@ FG_INLINE void fg_magnitude(const fg_plan *p, fg_work *w, int kmax) {
     for (int i = 0; i < FG_LANES * kmax; i++) mg[i] = (double)sqrtf((float)mg[i]);
 }
 
+/* ---- fast path for n_fft = 800 (h = 400 = 4 * 4 * 5 * 5) and hop <= n / 2 ----
+ *
+ * 1. the group's samples are pre-emphasised once into a contiguous double buffer E (E[i] is padded
+ *    sample t0 * hop + i, so frame l's sample j is E[l * hop + j]);
+ * 2. the first radix-4 stage reads E directly: two 128-bit loads per lane pair and an unpack give
+ *    a sample for all four frames (no scalar gathers), times the window;
+ * 3. the two middle stages are the generic stage code with constant sizes;
+ * 4. the last radix-5 stage runs butterflies k and 80 - k together, which produce Z[i] and
+ *    Z[h - i] for the same i, so the real split step X[i], X[h - i] = E +- w O happens in registers
+ *    and only the squared magnitudes are stored. */
+
+FG_INLINE void fg_fill_e(const float *x, ptrdiff_t L, int hop, ptrdiff_t t0, int n, int reflect,
+                         double preemph, double *restrict E) {
+    const ptrdiff_t pad = n / 2, p0 = t0 * (ptrdiff_t)hop, first = p0 - pad;
+    const int len = 3 * hop + n;
+    if (first >= 1 && first + len <= L) {
+        const float *restrict sp = x + first;
+        for (int i = 0; i < len; i++) E[i] = (double)sp[i] - preemph * (double)sp[i - 1];
+    } else {
+        for (int i = 0; i < len; i++) E[i] = fg_padded(x, L, pad, p0 + i, reflect, preemph);
+    }
+}
+
+FG_INLINE fg_v4d fg_ld22(const double *a, const double *b) {
+    fg_v4d v = {a[0], a[1], b[0], b[1]};
+    return v;
+}
+FG_INLINE fg_v4d fg_unpack_lo(fg_v4d a, fg_v4d b) { fg_v4d v = {a[0], b[0], a[2], b[2]}; return v; }
+FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { fg_v4d v = {a[1], b[1], a[3], b[3]}; return v; }
+
+/* frame load + first radix-4 stage (stride 1, m = h / 4) into (yr, yi) */
+FG_INLINE void fg_first_r4(const fg_plan *p, const double *restrict E, int hop, fg_v4d *restrict yr,
+                           fg_v4d *restrict yi) {
+    const int m = p->h / 4;
+    const double *restrict win = p->win;
+    const double *restrict tw = p->tw + 2 * (size_t)p->tw_off[0];
+    for (int q = 0; q < m; q++) {
+        fg_v4d ar[4], ai[4];
+        for (int j = 0; j < 4; j++) {
+            const int o = 2 * (q + m * j);
+            fg_v4d a = fg_ld22(E + o, E + o + 2 * hop), b = fg_ld22(E + o + hop, E + o + 3 * hop);
+            ar[j] = fg_unpack_lo(a, b) * win[o];
+            ai[j] = fg_unpack_hi(a, b) * win[o + 1];
+        }
+        fg_v4d t0r = ar[0] + ar[2], t0i = ai[0] + ai[2], t1r = ar[0] - ar[2], t1i = ai[0] - ai[2];
+        fg_v4d t2r = ar[1] + ar[3], t2i = ai[1] + ai[3], t3r = ar[1] - ar[3], t3i = ai[1] - ai[3];
+        fg_v4d b1r = t1r + t3i, b1i = t1i - t3r;
+        fg_v4d b2r = t0r - t2r, b2i = t0i - t2i;
+        fg_v4d b3r = t1r - t3i, b3i = t1i + t3r;
+        const double *t = tw + 6 * (size_t)q;
+        CMUL_TW(b1r, b1i, b1r, b1i, t[0], t[1]);
+        CMUL_TW(b2r, b2i, b2r, b2i, t[2], t[3]);
+        CMUL_TW(b3r, b3i, b3r, b3i, t[4], t[5]);
+        yr[4 * q] = t0r + t2r; yi[4 * q] = t0i + t2i;
+        yr[4 * q + 1] = b1r; yi[4 * q + 1] = b1i;
+        yr[4 * q + 2] = b2r; yi[4 * q + 2] = b2i;
+        yr[4 * q + 3] = b3r; yi[4 * q + 3] = b3i;
+    }
+}
+
+/* radix-5 butterfly without twiddles: b[u] = sum_j a[j] exp(-2 pi i j u / 5) */
+FG_INLINE void fg_bf5(const fg_v4d *ar, const fg_v4d *ai, fg_v4d *br, fg_v4d *bi) {
+    const double c1 = 0.30901699437494742410, c2 = -0.80901699437494742410;
+    const double s1 = 0.95105651629515357212, s2 = 0.58778525229247312917;
+    fg_v4d t1r = ar[1] + ar[4], t1i = ai[1] + ai[4], d1r = ar[1] - ar[4], d1i = ai[1] - ai[4];
+    fg_v4d t2r = ar[2] + ar[3], t2i = ai[2] + ai[3], d2r = ar[2] - ar[3], d2i = ai[2] - ai[3];
+    fg_v4d m1r = ar[0] + c1 * t1r + c2 * t2r, m1i = ai[0] + c1 * t1i + c2 * t2i;
+    fg_v4d m2r = ar[0] + c2 * t1r + c1 * t2r, m2i = ai[0] + c2 * t1i + c1 * t2i;
+    fg_v4d n1r = s1 * d1r + s2 * d2r, n1i = s1 * d1i + s2 * d2i;
+    fg_v4d n2r = s2 * d1r - s1 * d2r, n2i = s2 * d1i - s1 * d2i;
+    br[0] = ar[0] + t1r + t2r; bi[0] = ai[0] + t1i + t2i;
+    br[1] = m1r + n1i; bi[1] = m1i - n1r;
+    br[4] = m1r - n1i; bi[4] = m1i + n1r;
+    br[2] = m2r + n2i; bi[2] = m2i - n2r;
+    br[3] = m2r - n2i; bi[3] = m2i + n2r;
+}
+
+/* X[i] = E + w O and X[h - i] = conj(E - w O), with E = (Z[i] + conj Z[h-i]) / 2,
+ * O = -i (Z[i] - conj Z[h-i]) / 2, w = exp(-2 pi i i / n): squared magnitudes into mag. */
+FG_INLINE void fg_split_pair(fg_v4d zr, fg_v4d zi, fg_v4d cr, fg_v4d ci, const double *post, int i,
+                             int h, fg_v4d *restrict mag) {
+    /* cr, ci: Z[h - i] (not conjugated) */
+    fg_v4d er = 0.5 * (zr + cr), ei = 0.5 * (zi - ci);
+    fg_v4d orr = 0.5 * (zi + ci), oi = -0.5 * (zr - cr);
+    const double c = post[2 * i], s = post[2 * i + 1];
+    fg_v4d wr = orr * c - oi * s, wi = orr * s + oi * c;
+    fg_v4d xr = er + wr, xi = ei + wi, yr = er - wr, yi = ei - wi;
+    mag[i] = xr * xr + xi * xi;
+    mag[h - i] = yr * yr + yi * yi;
+}
+
+/* last radix-5 stage (stride h / 5, no twiddles) fused with the split step */
+FG_INLINE void fg_last_r5_split(const fg_plan *p, const fg_v4d *restrict xr, const fg_v4d *restrict xi,
+                                fg_v4d *restrict mag) {
+    const int h = p->h, s = h / 5;
+    const double *restrict post = p->post;
+    for (int k = 0; k <= s / 2; k++) {
+        const int k2 = k ? s - k : 0;
+        fg_v4d ar[5], ai[5], Ar[5], Ai[5], Br[5], Bi[5];
+        for (int j = 0; j < 5; j++) { ar[j] = xr[k + s * j]; ai[j] = xi[k + s * j]; }
+        fg_bf5(ar, ai, Ar, Ai); /* Z[k + s u] */
+        if (k2 != k) {
+            for (int j = 0; j < 5; j++) { ar[j] = xr[k2 + s * j]; ai[j] = xi[k2 + s * j]; }
+            fg_bf5(ar, ai, Br, Bi); /* Z[k2 + s u] */
+            /* h - (k + s u) = k2 + s (4 - u) */
+            for (int u = 0; u < 5; u++)
+                fg_split_pair(Ar[u], Ai[u], Br[4 - u], Bi[4 - u], post, k + s * u, h, mag);
+        } else if (k == 0) {
+            /* h - s u = s (5 - u): pairs (0, 0 = h), (1, 4), (2, 3) */
+            fg_split_pair(Ar[0], Ai[0], Ar[0], Ai[0], post, 0, h, mag);
+            fg_split_pair(Ar[1], Ai[1], Ar[4], Ai[4], post, s, h, mag);
+            fg_split_pair(Ar[2], Ai[2], Ar[3], Ai[3], post, 2 * s, h, mag);
+        } else {
+            /* k = s / 2 (s even): h - (k + s u) = k + s (4 - u): pairs (0, 4), (1, 3), (2, 2) */
+            fg_split_pair(Ar[0], Ai[0], Ar[4], Ai[4], post, k, h, mag);
+            fg_split_pair(Ar[1], Ai[1], Ar[3], Ai[3], post, k + s, h, mag);
+            fg_split_pair(Ar[2], Ai[2], Ar[2], Ai[2], post, k + 2 * s, h, mag);
+        }
+    }
+}
+
+FG_INLINE int fg_fast800(const fg_plan *p, int hop) {
+    return p->n == 800 && p->nstages == 4 && p->radix[0] == 4 && p->radix[1] == 4 &&
+           p->radix[2] == 5 && p->radix[3] == 5 && hop >= 1 && hop <= p->n / 2;
+}
+
+/* |X[k]| (k = 0..kmax-1) of the group's FG_LANES frames into w->mag */
+FG_INLINE void fg_group_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L, int hop,
+                            ptrdiff_t t0, int nvalid, int reflect, double preemph, int kmax) {
+    if (fg_fast800(p, hop)) {
+        fg_fill_e(x, L, hop, t0, 800, reflect, preemph, w->e);
+        fg_first_r4(p, w->e, hop, w->bre, w->bim);
+        fg_stage_x(p, 4, 25, 4, p->tw + 2 * (size_t)p->tw_off[1], w->bre, w->bim, w->are, w->aim, w->tmp);
+        fg_stage_x(p, 5, 5, 16, p->tw + 2 * (size_t)p->tw_off[2], w->are, w->aim, w->bre, w->bim, w->tmp);
+        fg_last_r5_split(p, w->bre, w->bim, w->mag);
+        double *mg = (double *)w->mag;
+        for (int i = 0; i < FG_LANES * kmax; i++) mg[i] = (double)sqrtf((float)mg[i]);
+        return;
+    }
+    fg_load(p, x, L, hop, t0, nvalid, reflect, preemph, w);
+    fg_magnitude(p, w, kmax);
+}
+
 /* |STFT| -> out[t * out_stride + k], t < T, k < kmax (float32). */
 FG_CLONES
 static void fg_stft_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L, int hop,
@@ -346,8 +498,7 @@ static void fg_stft_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t 
                         ptrdiff_t out_stride) {
     for (ptrdiff_t t0 = 0; t0 < T; t0 += FG_LANES) {
         int nvalid = (int)(T - t0 < FG_LANES ? T - t0 : FG_LANES);
-        fg_load(p, x, L, hop, t0, nvalid, reflect, preemph, w);
-        fg_magnitude(p, w, kmax);
+        fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
         for (int l = 0; l < nvalid; l++) {
             float *o = out + (t0 + l) * out_stride;
             for (int k = 0; k < kmax; k++) o[k] = (float)w->mag[k][l];
@@ -377,6 +528,53 @@ FG_INLINE fg_v4d fg_log10(fg_v4d v) {
     return ln * 0.43429448190325182765;
 }
 
+typedef float fg_v8f __attribute__((vector_size(32)));
+typedef int32_t fg_v8i __attribute__((vector_size(32)));
+typedef float fg_v8fu __attribute__((vector_size(32), aligned(4))); /* unaligned access */
+typedef float fg_v4fu __attribute__((vector_size(16), aligned(4)));
+
+/* M = clip(8 (S + 100) / 100 - 4, -4, 4) with S = 20 log10(max(1e-5, x)) - 20, i.e.
+ * M = clip(1.6 log10(max(x, 1e-5)) + 2.4, -4, 4), for eight positive floats.  Natural log by
+ * exponent split and the Cephes logf polynomial (~1 ulp); |error in M| < 1e-6. */
+FG_INLINE fg_v8f fg_sel8(fg_v8i mask, fg_v8f a, fg_v8f b) {
+    union { fg_v8f f; fg_v8i i; } ua = {a}, ub = {b}, r;
+    r.i = (ua.i & mask) | (ub.i & ~mask);
+    return r.f;
+}
+FG_INLINE fg_v8f fg_splat8(float x) { fg_v8f v = {x, x, x, x, x, x, x, x}; return v; }
+
+FG_INLINE fg_v8f fg_norm8(fg_v8f x) {
+    x = fg_sel8(x > fg_splat8(1e-5f), x, fg_splat8(1e-5f));
+    union { fg_v8f f; fg_v8i i; } u = {x}, mu, eu;
+    mu.i = (u.i & 0x007fffff) | 0x3f800000; /* mantissa in [1, 2) */
+    eu.i = (u.i >> 23) | 0x4b000000;        /* 2^23 + biased exponent, exactly */
+    fg_v8f m = mu.f, e = eu.f - (8388608.0f + 127.0f);
+    fg_v8i big = m > fg_splat8(1.41421356f);
+    m = fg_sel8(big, m * 0.5f, m);
+    e = fg_sel8(big, e + 1.0f, e);
+    fg_v8f f = m - 1.0f, z = f * f;
+    fg_v8f y = fg_splat8(7.0376836292e-2f);
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = f + (y * f * z - 0.5f * z); /* ln(m) */
+    /* 1.6 / ln(10), and 1.6 log10(2) */
+    fg_v8f M = y * 0.69487117105f + (e * 0.48164799306f + 2.4f);
+    M = fg_sel8(M > fg_splat8(4.0f), fg_splat8(4.0f), M);
+    M = fg_sel8(M < fg_splat8(-4.0f), fg_splat8(-4.0f), M);
+    return M;
+}
+
+FG_INLINE float fg_norm1(float x) {
+    fg_v8f v = {x, x, x, x, x, x, x, x};
+    return fg_norm8(v)[0];
+}
+
 /* Log-mel (SPEC section 2): out[t * nmels + f] for t < T.  Filter f covers bins
  * fstart[f] .. fstart[f] + flen[f] - 1 with weights fw[foff[f] ...]. */
 FG_CLONES
@@ -385,22 +583,40 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
                        const int *flen, const int *foff, const double *fw, int kmax, float *out) {
     for (ptrdiff_t t0 = 0; t0 < T; t0 += FG_LANES) {
         int nvalid = (int)(T - t0 < FG_LANES ? T - t0 : FG_LANES);
-        fg_load(p, x, L, hop, t0, nvalid, reflect, preemph, w);
-        fg_magnitude(p, w, kmax);
-        for (int f = 0; f < nmels; f++) {
+        fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
+        /* mel sums, transposed four filters at a time into the frames' rows (float) */
+        float *row = out + t0 * nmels;
+        int f = 0;
+        for (; f + 4 <= nmels; f += 4) {
+            fg_v4d a[4];
+            for (int g = 0; g < 4; g++) {
+                const fg_v4d *mg = w->mag + fstart[f + g];
+                const double *wt = fw + foff[f + g];
+                fg_v4d acc = fg_splat(0.0);
+                for (int k = 0; k < flen[f + g]; k++) acc += wt[k] * mg[k];
+                a[g] = acc;
+            }
+            fg_v4d t0v = fg_unpack_lo(a[0], a[1]), t1v = fg_unpack_hi(a[0], a[1]);
+            fg_v4d t2v = fg_unpack_lo(a[2], a[3]), t3v = fg_unpack_hi(a[2], a[3]);
+            fg_v4d r[4] = {{t0v[0], t0v[1], t2v[0], t2v[1]}, {t1v[0], t1v[1], t3v[0], t3v[1]},
+                           {t0v[2], t0v[3], t2v[2], t2v[3]}, {t1v[2], t1v[3], t3v[2], t3v[3]}};
+            for (int l = 0; l < nvalid; l++) {
+                fg_v4fu v = {(float)r[l][0], (float)r[l][1], (float)r[l][2], (float)r[l][3]};
+                *(fg_v4fu *)(row + l * nmels + f) = v;
+            }
+        }
+        for (; f < nmels; f++) {
             const fg_v4d *mg = w->mag + fstart[f];
             const double *wt = fw + foff[f];
             fg_v4d acc = fg_splat(0.0);
             for (int k = 0; k < flen[f]; k++) acc += wt[k] * mg[k];
-            /* S = 20 log10(max(1e-5, mel)) - 20;  M = clip(8 (S + 100) / 100 - 4, -4, 4) */
-            fg_v4d floor = fg_splat(1e-5), hi = fg_splat(4.0), lo = fg_splat(-4.0);
-            acc = fg_select((fg_v4l)(acc > floor), acc, floor);
-            fg_v4d S = 20.0 * fg_log10(acc) - 20.0;
-            fg_v4d M = 8.0 * (S + 100.0) / 100.0 - 4.0;
-            M = fg_select((fg_v4l)(M > hi), hi, M);
-            M = fg_select((fg_v4l)(M < lo), lo, M);
-            for (int l = 0; l < nvalid; l++) out[(t0 + l) * nmels + f] = (float)M[l];
+            for (int l = 0; l < nvalid; l++) row[l * nmels + f] = (float)acc[l];
         }
+        /* dB and normalisation over the group's rows, eight values at a time */
+        const int cnt = nvalid * nmels;
+        int i = 0;
+        for (; i + 8 <= cnt; i += 8) *(fg_v8fu *)(row + i) = fg_norm8(*(fg_v8fu *)(row + i));
+        for (; i < cnt; i++) row[i] = fg_norm1(row[i]);
     }
 }
 
