@@ -1,0 +1,87 @@
+"""Inference backends behind one small interface: run a batch, say what you are.
+
+Only ONNX Runtime today.  Sessions are created with explicit providers and thread counts, and
+``run`` releases the GIL (ORT does so inside ``InferenceSession.run``), so the engine's worker
+threads keep converting and encoding while the model computes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from .errors import ModelError
+from .models import ModelInfo, inspect
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def default_threads() -> int:
+    """Intra-op threads for the generator: every core the process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class OrtModel:
+    """One ONNX Runtime session and what :func:`fastgen.models.inspect` learned about its file."""
+
+    info: ModelInfo
+    session: "object"
+    threads: int
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    @property
+    def max_batch(self) -> Optional[int]:
+        return self.info.max_batch
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run one batch; returns the single output."""
+        return self.session.run(None, dict(feeds))[0]
+
+    def describe(self) -> dict:
+        return {"path": str(self.info.path), "kind": self.info.kind, "mode": self.info.mode,
+                "providers": self.providers, "threads": self.threads,
+                "dynamic_batch": self.info.dynamic_batch, "synthetic": self.info.synthetic}
+
+
+def load_model(path: str | os.PathLike, kind: str, *, threads: int = 1,
+               providers: Optional[Sequence[str]] = None, spin: bool = False) -> OrtModel:
+    """Open an ONNX model for inference.
+
+    ``spin=False`` stops ORT's idle worker threads from busy-waiting between runs, which would
+    otherwise take the cores that pre- and post-processing need in the gaps.
+    """
+    import onnxruntime as ort
+
+    info = inspect(Path(path), expect=kind)
+    wanted = list(providers) if providers else list(DEFAULT_PROVIDERS)
+    available = set(ort.get_available_providers())
+    missing = [p for p in wanted if (p if isinstance(p, str) else p[0]) not in available]
+    if missing:
+        raise ModelError(f"{path}: execution provider(s) {missing} not available; "
+                         f"this onnxruntime has {sorted(available)}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(info.path), sess_options=opts, providers=wanted)
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: ONNX Runtime cannot load the model ({first})") from None
+    got = session.get_providers()
+    if (wanted[0] if isinstance(wanted[0], str) else wanted[0][0]) not in got:
+        raise ModelError(f"{path}: ONNX Runtime did not enable {wanted[0]} (active: {got})")
+    return OrtModel(info=info, session=session, threads=int(threads))

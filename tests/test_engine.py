@@ -1,0 +1,292 @@
+"""The engine against a straightforward OpenCV + librosa + ONNX Runtime implementation of SPEC.
+
+The models are fastgen's synthetic *input-sensitive* weights (their sensitivity is asserted
+below), so a swapped channel, a shifted crop, a wrong audio window or a wrong template would
+change the frames by far more than the tolerance.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import simplejpeg
+import soundfile as sf
+
+from conftest import speech_like
+from fastgen import Avatar, FastgenError, Generator, InputError, cli
+from fastgen.models import build_audio_encoder, build_generator, synthetic_weights
+from test_audio import reference_log_mel
+
+FRAME_W, FRAME_H = 224, 176
+TEMPLATES = 6
+
+
+def draw_template(k: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A small textured 'face' frame; the box moves with k."""
+    yy, xx = np.mgrid[0:FRAME_H, 0:FRAME_W].astype(np.float32)
+    img = np.stack([90 + 60 * np.sin(xx / 17 + k / 3 + c) + 40 * np.cos(yy / 11 - c) for c in range(3)], -1)
+    x0, y0, w = 50 + 2 * k, 30 + k, 110
+    cv2.ellipse(img, (x0 + w // 2, y0 + w // 2), (w // 2 - 4, w // 2), 0, 0, 360, (60, 120, 210), -1)
+    cv2.ellipse(img, (x0 + w // 2, y0 + 3 * w // 4), (w // 5, w // 12), 0, 0, 360, (40, 30, 150), -1)
+    cv2.circle(img, (x0 + w // 3, y0 + w // 3), 7, (250, 250, 250), -1)
+    img += np.random.default_rng(k).normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), (x0, y0, w)
+
+
+def write_landmarks(path: Path, x0: int, y0: int, w: int) -> None:
+    pts = np.zeros((110, 2), np.float32)
+    pts[:, 0], pts[:, 1] = x0 + w / 2, y0 + w / 2
+    pts[1, 0] = x0 + 0.7      # xmin (truncated)
+    pts[52, 1] = y0 + 0.3     # ymin
+    pts[31, 0] = x0 + w + 0.9  # xmax
+    path.write_text("\n".join(f"{x:.3f} {y:.3f}" for x, y in pts) + "\n")
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """A SyncTalk_2D dataset directory with synthetic input-sensitive ONNX models."""
+    root = tmp_path_factory.mktemp("dataset")
+    (root / "full_body_img").mkdir()
+    (root / "landmarks").mkdir()
+    for k in range(TEMPLATES):
+        img, (x0, y0, w) = draw_template(k)
+        (root / "full_body_img" / f"{k}.jpg").write_bytes(
+            simplejpeg.encode_jpeg(img, quality=95, colorspace="BGR"))
+        write_landmarks(root / "landmarks" / f"{k}.lms", x0, y0, w)
+    onnx.save(build_generator(synthetic_weights("generator"), "ave"), str(root / "generator.onnx"))
+    onnx.save(build_audio_encoder(synthetic_weights("audio_encoder")), str(root / "audio_encoder.onnx"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def gen_hard(dataset) -> Generator:
+    avatar = Avatar.open(dataset, generator=dataset / "generator.onnx",
+                         audio_encoder=dataset / "audio_encoder.onnx")
+    return Generator(avatar, blend="hard", threads=2, batch=3, workers=2)
+
+
+def reference_frames(root: Path, wav: np.ndarray, start: int = 0, count=None) -> list[np.ndarray]:
+    """SPEC sections 2-6 written plainly: librosa mel, per-window encoder, cv2 crops and paste."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    enc = ort.InferenceSession(str(root / "audio_encoder.onnx"), opts, providers=["CPUExecutionProvider"])
+    gen = ort.InferenceSession(str(root / "generator.onnx"), opts, providers=["CPUExecutionProvider"])
+    mel = reference_log_mel(wav).astype(np.float32)
+    t = mel.shape[0]
+    feats = []
+    for i in range(int((t - 16) / 80 * 25) + 2):
+        s = int(80 * (i / 25))
+        e = s + 16
+        if e > t:
+            e, s = t, t - 16
+        feats.append(enc.run(None, {"mel": mel[s:e].T[None, None].copy()})[0][0])
+    feats = [feats[0]] + feats + [feats[-1]]
+    n_templates = len(list((root / "full_body_img").glob("*.jpg")))
+    order, idx, step, n = [], 0, 0, n_templates - 1
+    for _ in range(len(feats)):
+        if idx > n - 1:
+            step = -1
+        if idx < 1:
+            step = 1
+        idx += step
+        order.append(idx)
+    stop = len(feats) if count is None else min(len(feats), start + count)
+    frames = []
+    for j in range(start, stop):
+        k = order[j]
+        img = cv2.imread(str(root / "full_body_img" / f"{k}.jpg"))
+        lms = np.loadtxt(root / "landmarks" / f"{k}.lms", dtype=np.float32).astype(np.int32)
+        xmin, ymin, xmax = lms[1][0], lms[52][1], lms[31][0]
+        ymax = ymin + (xmax - xmin)
+        crop = img[ymin:ymax, xmin:xmax]
+        h, w = crop.shape[:2]
+        crop328 = cv2.resize(crop, (328, 328), interpolation=cv2.INTER_CUBIC)
+        roi = crop328[4:324, 4:324].copy()
+        masked = cv2.rectangle(roi.copy(), (5, 5, 310, 305), (0, 0, 0), -1)
+        x = np.concatenate([roi, masked], axis=2).transpose(2, 0, 1)[None].astype(np.float32) / 255.0
+        window = np.zeros((16, 512), np.float32)
+        for r in range(16):
+            if 0 <= j - 8 + r < len(feats):
+                window[r] = feats[j - 8 + r]
+        pred = gen.run(None, {"input": x, "audio": window.reshape(1, 32, 16, 16)})[0][0]
+        crop328[4:324, 4:324] = (pred.transpose(1, 2, 0) * 255).astype(np.uint8)
+        img[ymin:ymax, xmin:xmax] = cv2.resize(crop328, (w, h), interpolation=cv2.INTER_CUBIC)
+        frames.append(img)
+    return frames
+
+
+def assert_close_frames(got, ref):
+    assert len(got) == len(ref)
+    for a, b in zip(got, ref):
+        d = np.abs(a.astype(np.int16) - b)
+        assert a.shape == b.shape and d.max() <= 2 and d.mean() <= 0.1  # SPEC tolerance, per frame
+
+
+def test_models_are_input_sensitive(dataset):
+    """The equality test below is only meaningful if the model reacts to what we feed it."""
+    sess = ort.InferenceSession(str(dataset / "generator.onnx"), providers=["CPUExecutionProvider"])
+    img, _ = draw_template(0)
+    roi = cv2.resize(img, (320, 320))
+    x = np.concatenate([roi, roi], 2).transpose(2, 0, 1)[None].astype(np.float32) / 255
+    a = np.abs(np.random.default_rng(0).standard_normal((1, 32, 16, 16))).astype(np.float32)
+    base = sess.run(None, {"input": x, "audio": a})[0] * 255
+    swapped = sess.run(None, {"input": x[:, [2, 1, 0, 5, 4, 3]], "audio": a})[0] * 255
+    shifted = sess.run(None, {"input": np.roll(x, 1, axis=3), "audio": a})[0] * 255
+    silent = sess.run(None, {"input": x, "audio": np.zeros_like(a)})[0] * 255
+    assert np.abs(base - swapped).mean() > 5
+    assert np.abs(base - shifted).mean() > 2
+    assert np.abs(base - silent).mean() > 2
+
+
+def test_frames_equal_reference(dataset, gen_hard):
+    wav = speech_like(0.9, seed=5)
+    got = list(gen_hard.frames(wav))
+    assert len(got) == gen_hard.frame_count(wav) == int((1 + len(wav) // 200 - 16) / 80 * 25) + 4
+    assert_close_frames(got, reference_frames(dataset, wav))
+
+
+def test_start_and_count(dataset, gen_hard):
+    wav = speech_like(0.9, seed=5)
+    everything = list(gen_hard.frames(wav))
+    part = list(gen_hard.frames(wav, start=5, count=4))
+    assert len(part) == 4
+    for a, b in zip(part, everything[5:9]):
+        np.testing.assert_array_equal(a, b)
+    assert list(gen_hard.frames(wav, start=len(everything), count=3)) == []
+    assert len(list(gen_hard.frames(wav, start=len(everything) - 2, count=10))) == 2
+
+
+def test_long_audio_tail_equals_reference(dataset, gen_hard):
+    """Audio far longer than the template loop: the ping-pong walks several times round."""
+    wav = speech_like(12.0, seed=9)
+    total = gen_hard.frame_count(wav)
+    assert total == int((1 + len(wav) // 200 - 16) / 80 * 25) + 4
+    got = list(gen_hard.frames(wav, start=total - 3))
+    assert_close_frames(got, reference_frames(dataset, wav, start=total - 3))
+
+
+def test_features_only_encode_needed_windows(gen_hard):
+    wav = speech_like(4.0, seed=2)
+    full = gen_hard.features(wav)
+    part = gen_hard.features(wav, start=40, count=5)
+    np.testing.assert_array_equal(part[32:53], full[32:53])
+    assert not part[:30].any() and not part[60:].any()
+
+
+def test_audio_too_short(gen_hard):
+    with pytest.raises(InputError, match="too short"):
+        list(gen_hard.frames(np.zeros(1000, np.float32)))
+
+
+def test_jpeg_directory_output(gen_hard, tmp_path):
+    wav = speech_like(0.7, seed=1)
+    out = tmp_path / "frames"
+    summary = gen_hard.render(wav, out)
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"frame_{i:05d}.jpg" for i in range(1, len(files) + 1)]
+    assert len(files) == gen_hard.frame_count(wav) == summary["frames"]
+    first = simplejpeg.decode_jpeg(files[0].read_bytes(), colorspace="BGR")
+    assert first.shape == (FRAME_H, FRAME_W, 3)
+    ref = next(gen_hard.frames(wav))   # the file is exactly the q95 4:2:0 encoding of frame 1
+    again = simplejpeg.encode_jpeg(ref, quality=95, colorspace="BGR", colorsubsampling="420")
+    np.testing.assert_array_equal(first, simplejpeg.decode_jpeg(again, colorspace="BGR"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_mp4_output_has_video_and_audio(gen_hard, tmp_path):
+    wav = speech_like(1.1, seed=3)
+    path = tmp_path / "talk.wav"
+    sf.write(path, wav, 16000)
+    out = tmp_path / "out.mp4"
+    summary = gen_hard.render(path, out)
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        n = sum(1 for _ in c.decode(vs))
+        assert (vs.width, vs.height) == (FRAME_W, FRAME_H)
+    with av.open(str(out)) as c:
+        a = c.streams.audio[0]
+        samples = sum(f.samples for f in c.decode(a))
+        rate = a.rate
+    assert n == summary["frames"] == gen_hard.frame_count(wav)
+    audio_s, video_s = samples / rate, n / 25
+    assert abs(audio_s - len(wav) / 16000) < 0.07          # AAC frames pad to 1024 samples
+    assert abs(video_s - len(wav) / 16000) <= 1 / 25 + 0.07  # video as long as the audio ±1 frame
+
+
+def test_stage_failure_mid_run_stops_promptly(dataset, tmp_path):
+    avatar = Avatar.open(dataset, generator=dataset / "generator.onnx",
+                         audio_encoder=dataset / "audio_encoder.onnx")
+    gen = Generator(avatar, blend="hard", threads=2, batch=2, workers=2)
+    calls = {"n": 0}
+    real = avatar.frame
+
+    def failing(k):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError("disk vanished")
+        return real(k)
+
+    avatar.frame = failing
+    before = threading.active_count()
+    t = time.perf_counter()
+    with pytest.raises(OSError, match="disk vanished"):
+        gen.render(speech_like(3.0), tmp_path / "x.mp4")
+    assert time.perf_counter() - t < 20
+    assert not list(tmp_path.iterdir())            # nothing under the final name, no temp
+    deadline = time.time() + 5
+    while threading.active_count() > before and time.time() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_cli_run_and_bad_input(dataset, tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(wav, speech_like(0.6), 16000)
+    out = tmp_path / "o.mp4"
+    rc = cli.main(["run", "--avatar", str(dataset), "--audio", str(wav), "-o", str(out), "--quiet",
+                   "--blend", "hard"])
+    assert rc == 0 and out.is_file()
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "frames" in line and "fps" in line
+    for args, msg in [(["--audio", str(tmp_path / "nope.wav")], "no such audio file"),
+                      (["--audio", str(dataset / "landmarks" / "0.lms")], "cannot read audio"),
+                      (["-o", str(tmp_path / "missing_dir" / "x.mp4"), "--audio", str(wav)], "does not exist")]:
+        rc = cli.main(["run", "--avatar", str(dataset), *args, "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert rc != 0 and msg in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    short = tmp_path / "short.wav"
+    sf.write(short, np.zeros(800, np.float32), 16000)
+    assert cli.main(["run", "--avatar", str(dataset), "--audio", str(short), "-o", str(out), "--quiet"]) != 0
+    assert "too short" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_nothing(dataset, tmp_path):
+    wav = tmp_path / "long.wav"
+    sf.write(wav, speech_like(8.0), 16000)
+    out = tmp_path / "out.mp4"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "fastgen", "run", "--avatar", str(dataset), "--audio",
+                             str(wav), "-o", str(out), "--progress"], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, text=True)
+    # wait for the first progress line, i.e. frames are flowing, then press Ctrl-C
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if "frame" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
