@@ -45,6 +45,7 @@ typedef struct {
     double *tw;                  /* stage twiddles exp(-2 pi i p u / len), interleaved re,im */
     double *post;                /* exp(-2 pi i k / n), k = 0..h, interleaved */
     double *win;                 /* analysis window, n values */
+    double *winh;                /* half the window (win + n), for the fast path */
     int max_radix;
     double *dft;                 /* generic radix: exp(-2 pi i j / r) for the largest generic r */
 } fg_plan;
@@ -60,6 +61,7 @@ typedef struct {
 static void fg_plan_free(fg_plan *p) {
     free(p->tw); free(p->post); free(p->win); free(p->dft);
     p->tw = p->post = p->win = p->dft = NULL;
+    p->winh = NULL;
 }
 
 /* Returns 0 on success, -1 on bad size, -2 on allocation failure. */
@@ -95,7 +97,7 @@ static int fg_plan_init(fg_plan *p, int n) {
     }
     p->tw = (double *)malloc(sizeof(double) * 2 * (size_t)(total > 0 ? total : 1));
     p->post = (double *)malloc(sizeof(double) * 2 * (size_t)(p->h + 1));
-    p->win = (double *)malloc(sizeof(double) * (size_t)n);
+    p->win = (double *)malloc(sizeof(double) * 2 * (size_t)n);
     p->dft = (double *)malloc(sizeof(double) * 2 * (size_t)p->max_radix);
     if (!p->tw || !p->post || !p->win || !p->dft) { fg_plan_free(p); return -2; }
     len = p->h;
@@ -122,6 +124,8 @@ static int fg_plan_init(fg_plan *p, int n) {
     }
     /* periodic Hann, as scipy.signal.get_window("hann", n, fftbins=True) */
     for (int j = 0; j < n; j++) p->win[j] = 0.5 - 0.5 * cos(2.0 * M_PI * (double)j / (double)n);
+    p->winh = p->win + n;
+    for (int j = 0; j < n; j++) p->winh[j] = 0.5 * p->win[j];
     return 0;
 }
 
@@ -371,18 +375,38 @@ FG_INLINE void fg_fill_e(const float *x, ptrdiff_t L, int hop, ptrdiff_t t0, int
     }
 }
 
+typedef double fg_v2d __attribute__((vector_size(16)));
+typedef double fg_v2du __attribute__((vector_size(16), aligned(8)));
+
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define FG_HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
+
+/* {a[0], a[1], b[0], b[1]}: one 128-bit load and one 128-bit insert */
 FG_INLINE fg_v4d fg_ld22(const double *a, const double *b) {
+#ifdef FG_HAVE_SHUFFLEVECTOR
+    fg_v2d lo = *(const fg_v2du *)a, hi = *(const fg_v2du *)b;
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3);
+#else
     fg_v4d v = {a[0], a[1], b[0], b[1]};
     return v;
+#endif
 }
+#ifdef FG_HAVE_SHUFFLEVECTOR
+FG_INLINE fg_v4d fg_unpack_lo(fg_v4d a, fg_v4d b) { return __builtin_shufflevector(a, b, 0, 4, 2, 6); }
+FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { return __builtin_shufflevector(a, b, 1, 5, 3, 7); }
+#else
 FG_INLINE fg_v4d fg_unpack_lo(fg_v4d a, fg_v4d b) { fg_v4d v = {a[0], b[0], a[2], b[2]}; return v; }
 FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { fg_v4d v = {a[1], b[1], a[3], b[3]}; return v; }
+#endif
 
-/* frame load + first radix-4 stage (stride 1, m = h / 4) into (yr, yi) */
+/* frame load + first radix-4 stage (stride 1, m = h / 4) into (yr, yi), windowed by win / 2 */
 FG_INLINE void fg_first_r4(const fg_plan *p, const double *restrict E, int hop, fg_v4d *restrict yr,
                            fg_v4d *restrict yi) {
     const int m = p->h / 4;
-    const double *restrict win = p->win;
+    const double *restrict win = p->winh; /* the split step's 1/2 folded in (exact) */
     const double *restrict tw = p->tw + 2 * (size_t)p->tw_off[0];
     for (int q = 0; q < m; q++) {
         fg_v4d ar[4], ai[4];
@@ -430,8 +454,9 @@ FG_INLINE void fg_bf5(const fg_v4d *ar, const fg_v4d *ai, fg_v4d *br, fg_v4d *bi
 FG_INLINE void fg_split_pair(fg_v4d zr, fg_v4d zi, fg_v4d cr, fg_v4d ci, const double *post, int i,
                              int h, fg_v4d *restrict mag) {
     /* cr, ci: Z[h - i] (not conjugated) */
-    fg_v4d er = 0.5 * (zr + cr), ei = 0.5 * (zi - ci);
-    fg_v4d orr = 0.5 * (zi + ci), oi = -0.5 * (zr - cr);
+    /* the input was scaled by 1/2 (half window), which makes these the exact E and O */
+    fg_v4d er = zr + cr, ei = zi - ci;
+    fg_v4d orr = zi + ci, oi = cr - zr;
     const double c = post[2 * i], s = post[2 * i + 1];
     fg_v4d wr = orr * c - oi * s, wi = orr * s + oi * c;
     fg_v4d xr = er + wr, xi = ei + wi, yr = er - wr, yi = ei - wi;
@@ -479,7 +504,10 @@ FG_INLINE void fg_group_mag(const fg_plan *p, fg_work *w, const float *x, ptrdif
                             ptrdiff_t t0, int nvalid, int reflect, double preemph, int kmax) {
     if (fg_fast800(p, hop)) {
         fg_fill_e(x, L, hop, t0, 800, reflect, preemph, w->e);
-        fg_first_r4(p, w->e, hop, w->bre, w->bim);
+        if (hop == 200) /* SPEC hop: constant offsets */
+            fg_first_r4(p, w->e, 200, w->bre, w->bim);
+        else
+            fg_first_r4(p, w->e, hop, w->bre, w->bim);
         fg_stage_x(p, 4, 25, 4, p->tw + 2 * (size_t)p->tw_off[1], w->bre, w->bim, w->are, w->aim, w->tmp);
         fg_stage_x(p, 5, 5, 16, p->tw + 2 * (size_t)p->tw_off[2], w->are, w->aim, w->bre, w->bim, w->tmp);
         fg_last_r5_split(p, w->bre, w->bim, w->mag);
@@ -575,6 +603,21 @@ FG_INLINE float fg_norm1(float x) {
     return fg_norm8(v)[0];
 }
 
+/* sum_k wt[k] mg[k], k < len: four independent chains */
+FG_INLINE fg_v4d fg_mel_sum(const fg_v4d *restrict mg, const double *restrict wt, int len) {
+    fg_v4d a0 = fg_splat(0.0), a1 = a0, a2 = a0, a3 = a0;
+    int k = 0;
+    for (; k + 4 <= len; k += 4) {
+        a0 += wt[k] * mg[k];
+        a1 += wt[k + 1] * mg[k + 1];
+        a2 += wt[k + 2] * mg[k + 2];
+        a3 += wt[k + 3] * mg[k + 3];
+    }
+    if (k + 2 <= len) { a0 += wt[k] * mg[k]; a1 += wt[k + 1] * mg[k + 1]; k += 2; }
+    if (k < len) a2 += wt[k] * mg[k];
+    return (a0 + a1) + (a2 + a3);
+}
+
 /* Log-mel (SPEC section 2): out[t * nmels + f] for t < T.  Filter f covers bins
  * fstart[f] .. fstart[f] + flen[f] - 1 with weights fw[foff[f] ...]. */
 FG_CLONES
@@ -592,9 +635,7 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
             for (int g = 0; g < 4; g++) {
                 const fg_v4d *mg = w->mag + fstart[f + g];
                 const double *wt = fw + foff[f + g];
-                fg_v4d acc = fg_splat(0.0);
-                for (int k = 0; k < flen[f + g]; k++) acc += wt[k] * mg[k];
-                a[g] = acc;
+                a[g] = fg_mel_sum(mg, wt, flen[f + g]);
             }
             fg_v4d t0v = fg_unpack_lo(a[0], a[1]), t1v = fg_unpack_hi(a[0], a[1]);
             fg_v4d t2v = fg_unpack_lo(a[2], a[3]), t3v = fg_unpack_hi(a[2], a[3]);
@@ -608,8 +649,7 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
         for (; f < nmels; f++) {
             const fg_v4d *mg = w->mag + fstart[f];
             const double *wt = fw + foff[f];
-            fg_v4d acc = fg_splat(0.0);
-            for (int k = 0; k < flen[f]; k++) acc += wt[k] * mg[k];
+            fg_v4d acc = fg_mel_sum(mg, wt, flen[f]);
             for (int l = 0; l < nvalid; l++) row[l * nmels + f] = (float)acc[l];
         }
         /* dB and normalisation over the group's rows, eight values at a time */
