@@ -356,9 +356,9 @@ FG_INLINE void fg_magnitude(const fg_plan *p, fg_work *w, int kmax) {
  *
  * 1. the group's samples are pre-emphasised once into a contiguous double buffer E (E[i] is padded
  *    sample t0 * hop + i, so frame l's sample j is E[l * hop + j]);
- * 2. the first radix-4 stage reads E directly: two 128-bit loads per lane pair and an unpack give
- *    a sample for all four frames (no scalar gathers), times the window;
- * 3. the two middle stages are the generic stage code with constant sizes;
+ * 2. the first two radix-4 stages run as radix-16 blocks that read E directly: two 128-bit loads
+ *    and an unpack give a sample pair for all four frames (no scalar gathers), times the window;
+ * 3. the first radix-5 stage is the generic stage code with constant sizes;
  * 4. the last radix-5 stage runs butterflies k and 80 - k together, which produce Z[i] and
  *    Z[h - i] for the same i, so the real split step X[i], X[h - i] = E +- w O happens in registers
  *    and only the squared magnitudes are stored. */
@@ -401,36 +401,6 @@ FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { return __builtin_shufflevect
 FG_INLINE fg_v4d fg_unpack_lo(fg_v4d a, fg_v4d b) { fg_v4d v = {a[0], b[0], a[2], b[2]}; return v; }
 FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { fg_v4d v = {a[1], b[1], a[3], b[3]}; return v; }
 #endif
-
-/* frame load + first radix-4 stage (stride 1, m = h / 4) into (yr, yi), windowed by win / 2 */
-FG_INLINE void fg_first_r4(const fg_plan *p, const double *restrict E, int hop, fg_v4d *restrict yr,
-                           fg_v4d *restrict yi) {
-    const int m = p->h / 4;
-    const double *restrict win = p->winh; /* the split step's 1/2 folded in (exact) */
-    const double *restrict tw = p->tw + 2 * (size_t)p->tw_off[0];
-    for (int q = 0; q < m; q++) {
-        fg_v4d ar[4], ai[4];
-        for (int j = 0; j < 4; j++) {
-            const int o = 2 * (q + m * j);
-            fg_v4d a = fg_ld22(E + o, E + o + 2 * hop), b = fg_ld22(E + o + hop, E + o + 3 * hop);
-            ar[j] = fg_unpack_lo(a, b) * win[o];
-            ai[j] = fg_unpack_hi(a, b) * win[o + 1];
-        }
-        fg_v4d t0r = ar[0] + ar[2], t0i = ai[0] + ai[2], t1r = ar[0] - ar[2], t1i = ai[0] - ai[2];
-        fg_v4d t2r = ar[1] + ar[3], t2i = ai[1] + ai[3], t3r = ar[1] - ar[3], t3i = ai[1] - ai[3];
-        fg_v4d b1r = t1r + t3i, b1i = t1i - t3r;
-        fg_v4d b2r = t0r - t2r, b2i = t0i - t2i;
-        fg_v4d b3r = t1r - t3i, b3i = t1i + t3r;
-        const double *t = tw + 6 * (size_t)q;
-        CMUL_TW(b1r, b1i, b1r, b1i, t[0], t[1]);
-        CMUL_TW(b2r, b2i, b2r, b2i, t[2], t[3]);
-        CMUL_TW(b3r, b3i, b3r, b3i, t[4], t[5]);
-        yr[4 * q] = t0r + t2r; yi[4 * q] = t0i + t2i;
-        yr[4 * q + 1] = b1r; yi[4 * q + 1] = b1i;
-        yr[4 * q + 2] = b2r; yi[4 * q + 2] = b2i;
-        yr[4 * q + 3] = b3r; yi[4 * q + 3] = b3i;
-    }
-}
 
 /* radix-5 butterfly without twiddles: b[u] = sum_j a[j] exp(-2 pi i j u / 5) */
 FG_INLINE void fg_bf5(const fg_v4d *ar, const fg_v4d *ai, fg_v4d *br, fg_v4d *bi) {
@@ -494,6 +464,57 @@ FG_INLINE void fg_last_r5_split(const fg_plan *p, const fg_v4d *restrict xr, con
     }
 }
 
+/* radix-4 butterfly without twiddles: b[u] = sum_j a[j] (-i)^(j u) */
+FG_INLINE void fg_bf4(const fg_v4d *ar, const fg_v4d *ai, fg_v4d *br, fg_v4d *bi) {
+    fg_v4d t0r = ar[0] + ar[2], t0i = ai[0] + ai[2], t1r = ar[0] - ar[2], t1i = ai[0] - ai[2];
+    fg_v4d t2r = ar[1] + ar[3], t2i = ai[1] + ai[3], t3r = ar[1] - ar[3], t3i = ai[1] - ai[3];
+    br[0] = t0r + t2r; bi[0] = t0i + t2i;
+    br[1] = t1r + t3i; bi[1] = t1i - t3r;
+    br[2] = t0r - t2r; bi[2] = t0i - t2i;
+    br[3] = t1r - t3i; bi[3] = t1i + t3r;
+}
+
+/* Stages 1 and 2 of the 400-point FFT (radix 4, 4) as 25 radix-16 blocks, reading the frames
+ * straight from E: block q runs stage-1 butterflies q + 25 j (j < 4) into a local array, then
+ * the four stage-2 butterflies (q, k < 4), so the stage-1 output never goes through the big
+ * buffers. */
+FG_INLINE void fg_first_r16(const fg_plan *p, const double *restrict E, int hop, fg_v4d *restrict yr,
+                            fg_v4d *restrict yi) {
+    const double *restrict win = p->winh; /* the split step's 1/2 folded in (exact) */
+    const double *restrict tw1 = p->tw + 2 * (size_t)p->tw_off[0];
+    const double *restrict tw2 = p->tw + 2 * (size_t)p->tw_off[1];
+    for (int q = 0; q < 25; q++) {
+        fg_v4d Tr[4][4], Ti[4][4];
+        for (int j2 = 0; j2 < 4; j2++) {
+            const int q1 = q + 25 * j2;
+            fg_v4d ar[4], ai[4];
+            for (int j = 0; j < 4; j++) {
+                const int o = 2 * (q1 + 100 * j);
+                fg_v4d a = fg_ld22(E + o, E + o + 2 * hop), b = fg_ld22(E + o + hop, E + o + 3 * hop);
+                ar[j] = fg_unpack_lo(a, b) * win[o];
+                ai[j] = fg_unpack_hi(a, b) * win[o + 1];
+            }
+            fg_bf4(ar, ai, Tr[j2], Ti[j2]);
+            const double *t = tw1 + 6 * (size_t)q1;
+            CMUL_TW(Tr[j2][1], Ti[j2][1], Tr[j2][1], Ti[j2][1], t[0], t[1]);
+            CMUL_TW(Tr[j2][2], Ti[j2][2], Tr[j2][2], Ti[j2][2], t[2], t[3]);
+            CMUL_TW(Tr[j2][3], Ti[j2][3], Tr[j2][3], Ti[j2][3], t[4], t[5]);
+        }
+        const double *t = tw2 + 6 * (size_t)q;
+        for (int k2 = 0; k2 < 4; k2++) {
+            fg_v4d ar[4], ai[4], br[4], bi[4];
+            for (int j = 0; j < 4; j++) { ar[j] = Tr[j][k2]; ai[j] = Ti[j][k2]; }
+            fg_bf4(ar, ai, br, bi);
+            if (q) {
+                CMUL_TW(br[1], bi[1], br[1], bi[1], t[0], t[1]);
+                CMUL_TW(br[2], bi[2], br[2], bi[2], t[2], t[3]);
+                CMUL_TW(br[3], bi[3], br[3], bi[3], t[4], t[5]);
+            }
+            for (int u = 0; u < 4; u++) { yr[k2 + 16 * q + 4 * u] = br[u]; yi[k2 + 16 * q + 4 * u] = bi[u]; }
+        }
+    }
+}
+
 FG_INLINE int fg_fast800(const fg_plan *p, int hop) {
     return p->n == 800 && p->nstages == 4 && p->radix[0] == 4 && p->radix[1] == 4 &&
            p->radix[2] == 5 && p->radix[3] == 5 && hop >= 1 && hop <= p->n / 2;
@@ -505,10 +526,9 @@ FG_INLINE void fg_group_mag(const fg_plan *p, fg_work *w, const float *x, ptrdif
     if (fg_fast800(p, hop)) {
         fg_fill_e(x, L, hop, t0, 800, reflect, preemph, w->e);
         if (hop == 200) /* SPEC hop: constant offsets */
-            fg_first_r4(p, w->e, 200, w->bre, w->bim);
+            fg_first_r16(p, w->e, 200, w->are, w->aim);
         else
-            fg_first_r4(p, w->e, hop, w->bre, w->bim);
-        fg_stage_x(p, 4, 25, 4, p->tw + 2 * (size_t)p->tw_off[1], w->bre, w->bim, w->are, w->aim, w->tmp);
+            fg_first_r16(p, w->e, hop, w->are, w->aim);
         fg_stage_x(p, 5, 5, 16, p->tw + 2 * (size_t)p->tw_off[2], w->are, w->aim, w->bre, w->bim, w->tmp);
         fg_last_r5_split(p, w->bre, w->bim, w->mag);
         double *mg = (double *)w->mag;
