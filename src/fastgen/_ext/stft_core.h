@@ -224,12 +224,12 @@ FG_INLINE void fg_load(const fg_plan *p, const float *x, ptrdiff_t L, int hop, p
 FG_INLINE void fg_stage_x(const fg_plan *p, int r, int m, int s, const double *tw,
                           const fg_v4d *restrict xr, const fg_v4d *restrict xi,
                           fg_v4d *restrict yr, fg_v4d *restrict yi, fg_v4d *restrict tmp) {
-    const int sm = s * m;
-    for (int q = 0; q < m; q++) {
+    const ptrdiff_t sm = s * m;
+    for (ptrdiff_t q = 0; q < m; q++) {
         const double *t = tw + 2 * (size_t)q * (r - 1);
-        for (int k = 0; k < s; k++) {
-            const int i0 = k + s * q;       /* input  x[k + s*(q + j*m)] */
-            const int o0 = k + s * r * q;   /* output y[k + s*(r*q + u)] */
+        for (ptrdiff_t k = 0; k < s; k++) {
+            const ptrdiff_t i0 = k + s * q;       /* input  x[k + s*(q + j*m)] */
+            const ptrdiff_t o0 = k + s * r * q;   /* output y[k + s*(r*q + u)] */
             if (r == 4) {
                 fg_v4d a0r = xr[i0], a0i = xi[i0], a1r = xr[i0 + sm], a1i = xi[i0 + sm];
                 fg_v4d a2r = xr[i0 + 2 * sm], a2i = xi[i0 + 2 * sm];
@@ -299,13 +299,13 @@ FG_INLINE void fg_stage_x(const fg_plan *p, int r, int m, int s, const double *t
                 yr[o0 + 4 * s] = b4r; yi[o0 + 4 * s] = b4i;
             } else {
                 /* generic odd prime radix: O(r^2) direct DFT */
-                const int R = p->max_radix;
+                const ptrdiff_t R = p->max_radix;
                 fg_v4d *ar = tmp, *ai = tmp + r;
-                for (int j = 0; j < r; j++) { ar[j] = xr[i0 + j * sm]; ai[j] = xi[i0 + j * sm]; }
-                for (int u = 0; u < r; u++) {
+                for (ptrdiff_t j = 0; j < r; j++) { ar[j] = xr[i0 + j * sm]; ai[j] = xi[i0 + j * sm]; }
+                for (ptrdiff_t u = 0; u < r; u++) {
                     fg_v4d br = fg_splat(0.0), bi = fg_splat(0.0);
-                    for (int j = 0; j < r; j++) {
-                        int e = (int)(((long long)j * u) % r) * (R / r);
+                    for (ptrdiff_t j = 0; j < r; j++) {
+                        ptrdiff_t e = (ptrdiff_t)(((long long)j * u) % r) * (R / r);
                         double c = p->dft[2 * e], sn = p->dft[2 * e + 1];
                         br += ar[j] * c - ai[j] * sn;
                         bi += ar[j] * sn + ai[j] * c;
@@ -366,12 +366,12 @@ FG_INLINE void fg_magnitude(const fg_plan *p, fg_work *w, int kmax) {
 FG_INLINE void fg_fill_e(const float *x, ptrdiff_t L, int hop, ptrdiff_t t0, int n, int reflect,
                          double preemph, double *restrict E) {
     const ptrdiff_t pad = n / 2, p0 = t0 * (ptrdiff_t)hop, first = p0 - pad;
-    const int len = 3 * hop + n;
+    const ptrdiff_t len = 3 * hop + n;
     if (first >= 1 && first + len <= L) {
         const float *restrict sp = x + first;
-        for (int i = 0; i < len; i++) E[i] = (double)sp[i] - preemph * (double)sp[i - 1];
+        for (ptrdiff_t i = 0; i < len; i++) E[i] = (double)sp[i] - preemph * (double)sp[i - 1];
     } else {
-        for (int i = 0; i < len; i++) E[i] = fg_padded(x, L, pad, p0 + i, reflect, preemph);
+        for (ptrdiff_t i = 0; i < len; i++) E[i] = fg_padded(x, L, pad, p0 + i, reflect, preemph);
     }
 }
 
@@ -421,8 +421,8 @@ FG_INLINE void fg_bf5(const fg_v4d *ar, const fg_v4d *ai, fg_v4d *br, fg_v4d *bi
 
 /* X[i] = E + w O and X[h - i] = conj(E - w O), with E = (Z[i] + conj Z[h-i]) / 2,
  * O = -i (Z[i] - conj Z[h-i]) / 2, w = exp(-2 pi i i / n): squared magnitudes into mag. */
-FG_INLINE void fg_split_pair(fg_v4d zr, fg_v4d zi, fg_v4d cr, fg_v4d ci, const double *post, int i,
-                             int h, fg_v4d *restrict mag) {
+FG_INLINE void fg_split_pair(fg_v4d zr, fg_v4d zi, fg_v4d cr, fg_v4d ci, const double *post,
+                             ptrdiff_t i, ptrdiff_t h, fg_v4d *restrict mag) {
     /* cr, ci: Z[h - i] (not conjugated) */
     /* the input was scaled by 1/2 (half window), which makes these the exact E and O */
     fg_v4d er = zr + cr, ei = zi - ci;
@@ -437,18 +437,18 @@ FG_INLINE void fg_split_pair(fg_v4d zr, fg_v4d zi, fg_v4d cr, fg_v4d ci, const d
 /* last radix-5 stage (stride h / 5, no twiddles) fused with the split step */
 FG_INLINE void fg_last_r5_split(const fg_plan *p, const fg_v4d *restrict xr, const fg_v4d *restrict xi,
                                 fg_v4d *restrict mag) {
-    const int h = p->h, s = h / 5;
+    const ptrdiff_t h = p->h, s = h / 5;
     const double *restrict post = p->post;
-    for (int k = 0; k <= s / 2; k++) {
-        const int k2 = k ? s - k : 0;
+    for (ptrdiff_t k = 0; k <= s / 2; k++) {
+        const ptrdiff_t k2 = k ? s - k : 0;
         fg_v4d ar[5], ai[5], Ar[5], Ai[5], Br[5], Bi[5];
-        for (int j = 0; j < 5; j++) { ar[j] = xr[k + s * j]; ai[j] = xi[k + s * j]; }
+        for (ptrdiff_t j = 0; j < 5; j++) { ar[j] = xr[k + s * j]; ai[j] = xi[k + s * j]; }
         fg_bf5(ar, ai, Ar, Ai); /* Z[k + s u] */
         if (k2 != k) {
-            for (int j = 0; j < 5; j++) { ar[j] = xr[k2 + s * j]; ai[j] = xi[k2 + s * j]; }
+            for (ptrdiff_t j = 0; j < 5; j++) { ar[j] = xr[k2 + s * j]; ai[j] = xi[k2 + s * j]; }
             fg_bf5(ar, ai, Br, Bi); /* Z[k2 + s u] */
             /* h - (k + s u) = k2 + s (4 - u) */
-            for (int u = 0; u < 5; u++)
+            for (ptrdiff_t u = 0; u < 5; u++)
                 fg_split_pair(Ar[u], Ai[u], Br[4 - u], Bi[4 - u], post, k + s * u, h, mag);
         } else if (k == 0) {
             /* h - s u = s (5 - u): pairs (0, 0 = h), (1, 4), (2, 3) */
@@ -483,13 +483,13 @@ FG_INLINE void fg_first_r16(const fg_plan *p, const double *restrict E, int hop,
     const double *restrict win = p->winh; /* the split step's 1/2 folded in (exact) */
     const double *restrict tw1 = p->tw + 2 * (size_t)p->tw_off[0];
     const double *restrict tw2 = p->tw + 2 * (size_t)p->tw_off[1];
-    for (int q = 0; q < 25; q++) {
+    for (ptrdiff_t q = 0; q < 25; q++) {
         fg_v4d Tr[4][4], Ti[4][4];
-        for (int j2 = 0; j2 < 4; j2++) {
-            const int q1 = q + 25 * j2;
+        for (ptrdiff_t j2 = 0; j2 < 4; j2++) {
+            const ptrdiff_t q1 = q + 25 * j2;
             fg_v4d ar[4], ai[4];
-            for (int j = 0; j < 4; j++) {
-                const int o = 2 * (q1 + 100 * j);
+            for (ptrdiff_t j = 0; j < 4; j++) {
+                const ptrdiff_t o = 2 * (q1 + 100 * j);
                 fg_v4d a = fg_ld22(E + o, E + o + 2 * hop), b = fg_ld22(E + o + hop, E + o + 3 * hop);
                 ar[j] = fg_unpack_lo(a, b) * win[o];
                 ai[j] = fg_unpack_hi(a, b) * win[o + 1];
@@ -501,16 +501,16 @@ FG_INLINE void fg_first_r16(const fg_plan *p, const double *restrict E, int hop,
             CMUL_TW(Tr[j2][3], Ti[j2][3], Tr[j2][3], Ti[j2][3], t[4], t[5]);
         }
         const double *t = tw2 + 6 * (size_t)q;
-        for (int k2 = 0; k2 < 4; k2++) {
+        for (ptrdiff_t k2 = 0; k2 < 4; k2++) {
             fg_v4d ar[4], ai[4], br[4], bi[4];
-            for (int j = 0; j < 4; j++) { ar[j] = Tr[j][k2]; ai[j] = Ti[j][k2]; }
+            for (ptrdiff_t j = 0; j < 4; j++) { ar[j] = Tr[j][k2]; ai[j] = Ti[j][k2]; }
             fg_bf4(ar, ai, br, bi);
             if (q) {
                 CMUL_TW(br[1], bi[1], br[1], bi[1], t[0], t[1]);
                 CMUL_TW(br[2], bi[2], br[2], bi[2], t[2], t[3]);
                 CMUL_TW(br[3], bi[3], br[3], bi[3], t[4], t[5]);
             }
-            for (int u = 0; u < 4; u++) { yr[k2 + 16 * q + 4 * u] = br[u]; yi[k2 + 16 * q + 4 * u] = bi[u]; }
+            for (ptrdiff_t u = 0; u < 4; u++) { yr[k2 + 16 * q + 4 * u] = br[u]; yi[k2 + 16 * q + 4 * u] = bi[u]; }
         }
     }
 }
@@ -532,7 +532,7 @@ FG_INLINE void fg_group_mag(const fg_plan *p, fg_work *w, const float *x, ptrdif
         fg_stage_x(p, 5, 5, 16, p->tw + 2 * (size_t)p->tw_off[2], w->are, w->aim, w->bre, w->bim, w->tmp);
         fg_last_r5_split(p, w->bre, w->bim, w->mag);
         double *mg = (double *)w->mag;
-        for (int i = 0; i < FG_LANES * kmax; i++) mg[i] = (double)sqrtf((float)mg[i]);
+        for (ptrdiff_t i = 0; i < FG_LANES * kmax; i++) mg[i] = (double)sqrtf((float)mg[i]);
         return;
     }
     fg_load(p, x, L, hop, t0, nvalid, reflect, preemph, w);
@@ -626,7 +626,7 @@ FG_INLINE float fg_norm1(float x) {
 /* sum_k wt[k] mg[k], k < len: four independent chains */
 FG_INLINE fg_v4d fg_mel_sum(const fg_v4d *restrict mg, const double *restrict wt, int len) {
     fg_v4d a0 = fg_splat(0.0), a1 = a0, a2 = a0, a3 = a0;
-    int k = 0;
+    ptrdiff_t k = 0;
     for (; k + 4 <= len; k += 4) {
         a0 += wt[k] * mg[k];
         a1 += wt[k + 1] * mg[k + 1];
@@ -645,14 +645,14 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
                        ptrdiff_t T, int reflect, double preemph, int nmels, const int *fstart,
                        const int *flen, const int *foff, const double *fw, int kmax, float *out) {
     for (ptrdiff_t t0 = 0; t0 < T; t0 += FG_LANES) {
-        int nvalid = (int)(T - t0 < FG_LANES ? T - t0 : FG_LANES);
+        ptrdiff_t nvalid = (T - t0 < FG_LANES ? T - t0 : FG_LANES);
         fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
         /* mel sums, transposed four filters at a time into the frames' rows (float) */
         float *row = out + t0 * nmels;
-        int f = 0;
+        ptrdiff_t f = 0;
         for (; f + 4 <= nmels; f += 4) {
             fg_v4d a[4];
-            for (int g = 0; g < 4; g++) {
+            for (ptrdiff_t g = 0; g < 4; g++) {
                 const fg_v4d *mg = w->mag + fstart[f + g];
                 const double *wt = fw + foff[f + g];
                 a[g] = fg_mel_sum(mg, wt, flen[f + g]);
@@ -661,7 +661,7 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
             fg_v4d t2v = fg_unpack_lo(a[2], a[3]), t3v = fg_unpack_hi(a[2], a[3]);
             fg_v4d r[4] = {{t0v[0], t0v[1], t2v[0], t2v[1]}, {t1v[0], t1v[1], t3v[0], t3v[1]},
                            {t0v[2], t0v[3], t2v[2], t2v[3]}, {t1v[2], t1v[3], t3v[2], t3v[3]}};
-            for (int l = 0; l < nvalid; l++) {
+            for (ptrdiff_t l = 0; l < nvalid; l++) {
                 fg_v4fu v = {(float)r[l][0], (float)r[l][1], (float)r[l][2], (float)r[l][3]};
                 *(fg_v4fu *)(row + l * nmels + f) = v;
             }
@@ -670,11 +670,11 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
             const fg_v4d *mg = w->mag + fstart[f];
             const double *wt = fw + foff[f];
             fg_v4d acc = fg_mel_sum(mg, wt, flen[f]);
-            for (int l = 0; l < nvalid; l++) row[l * nmels + f] = (float)acc[l];
+            for (ptrdiff_t l = 0; l < nvalid; l++) row[l * nmels + f] = (float)acc[l];
         }
         /* dB and normalisation over the group's rows, eight values at a time */
-        const int cnt = nvalid * nmels;
-        int i = 0;
+        const ptrdiff_t cnt = nvalid * nmels;
+        ptrdiff_t i = 0;
         for (; i + 8 <= cnt; i += 8) *(fg_v8fu *)(row + i) = fg_norm8(*(fg_v8fu *)(row + i));
         for (; i < cnt; i++) row[i] = fg_norm1(row[i]);
     }
