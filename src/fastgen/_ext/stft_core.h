@@ -56,6 +56,7 @@ typedef struct {
     fg_v4d *mag;                   /* h + 1 */
     fg_v4d *tmp;                   /* 2 * max_radix (generic butterflies) */
     double *e;                     /* pre-emphasised samples of one group: n + 3 * (n / 2) */
+    ptrdiff_t e_p0, e_len;         /* E holds padded samples e_p0 .. e_p0 + e_len - 1 (this call) */
 } fg_work;
 
 static void fg_plan_free(fg_plan *p) {
@@ -146,6 +147,7 @@ static int fg_work_alloc(fg_work *w, const fg_plan *p) {
     w->mag = base + 4 * h;
     w->tmp = base + 5 * h + 1;
     w->e = (double *)(w->tmp + 2 * (size_t)p->max_radix);
+    w->e_p0 = w->e_len = 0;
     return 0;
 }
 
@@ -363,16 +365,26 @@ FG_INLINE void fg_magnitude(const fg_plan *p, fg_work *w, int kmax) {
  *    Z[h - i] for the same i, so the real split step X[i], X[h - i] = E +- w O happens in registers
  *    and only the squared magnitudes are stored. */
 
+/* E[i] = padded pre-emphasised sample t0 * hop + i, i < 3 hop + n.  Consecutive groups overlap by
+ * 3 hop + n - 4 hop samples; those are moved down instead of recomputed. */
 FG_INLINE void fg_fill_e(const float *x, ptrdiff_t L, int hop, ptrdiff_t t0, int n, int reflect,
-                         double preemph, double *restrict E) {
+                         double preemph, fg_work *w) {
+    double *restrict E = w->e;
     const ptrdiff_t pad = n / 2, p0 = t0 * (ptrdiff_t)hop, first = p0 - pad;
-    const ptrdiff_t len = 3 * hop + n;
-    if (first >= 1 && first + len <= L) {
-        const float *restrict sp = x + first;
-        for (ptrdiff_t i = 0; i < len; i++) E[i] = (double)sp[i] - preemph * (double)sp[i - 1];
-    } else {
-        for (ptrdiff_t i = 0; i < len; i++) E[i] = fg_padded(x, L, pad, p0 + i, reflect, preemph);
+    const ptrdiff_t len = 3 * (ptrdiff_t)hop + n;
+    ptrdiff_t start = 0;
+    if (w->e_len > 0 && p0 > w->e_p0 && p0 < w->e_p0 + w->e_len) {
+        start = w->e_p0 + w->e_len - p0;
+        memmove(E, E + (p0 - w->e_p0), sizeof(double) * (size_t)start);
     }
+    if (first + start >= 1 && first + len <= L) {
+        const float *restrict sp = x + first;
+        for (ptrdiff_t i = start; i < len; i++) E[i] = (double)sp[i] - preemph * (double)sp[i - 1];
+    } else {
+        for (ptrdiff_t i = start; i < len; i++) E[i] = fg_padded(x, L, pad, p0 + i, reflect, preemph);
+    }
+    w->e_p0 = p0;
+    w->e_len = len;
 }
 
 typedef double fg_v2d __attribute__((vector_size(16)));
@@ -524,7 +536,7 @@ FG_INLINE int fg_fast800(const fg_plan *p, int hop) {
 FG_INLINE void fg_group_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L, int hop,
                             ptrdiff_t t0, int nvalid, int reflect, double preemph, int kmax) {
     if (fg_fast800(p, hop)) {
-        fg_fill_e(x, L, hop, t0, 800, reflect, preemph, w->e);
+        fg_fill_e(x, L, hop, t0, 800, reflect, preemph, w);
         if (hop == 200) /* SPEC hop: constant offsets */
             fg_first_r16(p, w->e, 200, w->are, w->aim);
         else
@@ -544,6 +556,7 @@ FG_CLONES
 static void fg_stft_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L, int hop,
                         ptrdiff_t T, int reflect, double preemph, int kmax, float *out,
                         ptrdiff_t out_stride) {
+    w->e_len = 0; /* E is only valid within one call */
     for (ptrdiff_t t0 = 0; t0 < T; t0 += FG_LANES) {
         int nvalid = (int)(T - t0 < FG_LANES ? T - t0 : FG_LANES);
         fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
@@ -644,6 +657,7 @@ FG_CLONES
 static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L, int hop,
                        ptrdiff_t T, int reflect, double preemph, int nmels, const int *fstart,
                        const int *flen, const int *foff, const double *fw, int kmax, float *out) {
+    w->e_len = 0; /* E is only valid within one call */
     for (ptrdiff_t t0 = 0; t0 < T; t0 += FG_LANES) {
         ptrdiff_t nvalid = (T - t0 < FG_LANES ? T - t0 : FG_LANES);
         fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
