@@ -577,6 +577,7 @@ def test_demo_avatar(tmp_path, monkeypatch):
     assert av.synthetic is True and av.mode == "ave"
     assert av.generator_path.is_file() and av.audio_encoder_path.is_file()
     assert demo.avatar() is av                       # built once, then reused
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [av.path.name]   # no staging left
     boxes = av.boxes
     assert len({tuple(b) for b in boxes.tolist()}) > len(av) // 4   # the head moves
     assert np.ptp(boxes[:, 0]) >= 10 and np.ptp(boxes[:, 1]) >= 5
@@ -599,3 +600,11 @@ def test_demo_avatar(tmp_path, monkeypatch):
     files = [json.loads((p / MANIFEST).read_text())["files"] for p in (other, av.path)]
     assert files[0] == files[1]                      # the models too
     av.verify()
+
+
+def test_demo_cache_falls_back_to_a_temporary_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    chosen = demo._writable_cache_dir(blocker / "cache")
+    assert chosen.is_dir() and blocker not in chosen.parents
+    assert demo._writable_cache_dir(tmp_path / "ok") == tmp_path / "ok"

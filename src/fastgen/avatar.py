@@ -405,14 +405,14 @@ def _frame_layout(root: Path, package: bool) -> tuple[list[Path], np.ndarray, di
     frames = _numbered_files(frames_dir, "jpg", "frames")
     lms = _numbered_files(lms_dir, "lms", "landmark files")
     rect_file = root / "cache" / "crop_rectangles.json"
-    fb = _numbering_base(frames, 1 if package else 0, len(lms))
-    facts = {"layout": "package" if package else "dataset", "path": str(root), "frame_base": fb}
+    facts = {"layout": "package" if package else "dataset", "path": str(root)}
 
     if package and rect_file.is_file():
         # crop_rectangles.json anchors the numbering: key k <-> full_body_img/(k + 1).jpg.  Which
         # landmark file belongs to key k is found by comparing boxes, not by trusting names.
         rects = _read_crop_rectangles(rect_file)
         kb, count = min(rects), len(rects)
+        fb = _numbering_base(frames, 1, count)
         for key in range(kb, kb + count):
             if key not in rects:
                 raise AvatarError(f"{rect_file}: key {key!r} missing (keys must be consecutive)")
@@ -453,6 +453,7 @@ def _frame_layout(root: Path, package: bool) -> tuple[list[Path], np.ndarray, di
                               f"({count} keys for {len(frames)} frames)")
         frame_files = [frames[fb + k] for k in range(count)]
     else:
+        fb = _numbering_base(frames, 1 if package else 0, len(lms))
         lb = _numbering_base(lms, 0, len(frames))
         count = max(max(frames) - fb, max(lms) - lb) + 1
         for k in range(count):
@@ -473,6 +474,7 @@ def _frame_layout(root: Path, package: bool) -> tuple[list[Path], np.ndarray, di
         lms_index = [lb + k for k in range(count)]
         facts.update(landmark_base=lb)
 
+    facts["frame_base"] = fb
     # Frame size: every header must agree; boxes must fit
     size0 = None
     for k, path in enumerate(frame_files):
@@ -524,6 +526,9 @@ def _read_pack(root: Path) -> tuple[dict, np.ndarray, int]:
     for name in (INDEX, FRAMES, CROPS):
         if name not in files:
             raise AvatarError(f"{mpath}: lists no {name}: the pack is corrupted")
+    stray = set(files) - {INDEX, FRAMES, CROPS, *MODEL_FILES.values()}
+    if stray:  # also keeps a tampered manifest from pointing outside the pack
+        raise AvatarError(f"{mpath}: lists unknown file {sorted(stray)[0]!r}: the pack is corrupted")
     for name, (size, _) in files.items():
         path = root / name
         try:

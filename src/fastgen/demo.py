@@ -2,14 +2,17 @@
 
 Nothing is downloaded and no real person is depicted: the face is drawn with numpy (anti-aliased
 ellipses on a gradient), the voice is formant synthesis.  Both are deterministic.  The avatar is
-built on first use into ``$FASTGEN_CACHE`` (or ``~/.cache/fastgen``) as a fastgen pack with
-synthetic models, so ``fastgen run`` works on a fresh machine.
+built on first use into ``$FASTGEN_CACHE`` (or ``~/.cache/fastgen``) as a fastgen pack, so
+``fastgen run`` works on a fresh machine.  Its models carry the known-answer weights
+(:mod:`fastgen.models.known_answer`): they give back the face they are shown and darken the mouth
+with the loudness of the voice, so the demo shows a working pipeline without any trained model.
 
 Public: :func:`avatar` -> :class:`fastgen.Avatar`, :func:`audio` -> float32 16 kHz samples.
 """
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 import threading
@@ -29,14 +32,19 @@ TEMPLATES = 125                 # 5 s of template video; ping-pong makes a 10 s 
 JPEG_QUALITY = 92
 SAMPLE_RATE = 16000
 DEMO_VERSION = 1                # bump when the drawing changes: names the cache entry
-DEMO_WEIGHTS = "synthetic-0"    # bump together with demo_weights()
+DEMO_WEIGHTS = "known-answer-1"  # bump together with demo_weights(): names the cache entry
+WEIGHTS_LABEL = "known-answer demo weights"
 
 
 def demo_weights():
-    """The demo's model weights, the one place that chooses them: (generator, audio encoder)."""
-    from .models import synthetic_weights
+    """The demo's model weights, the one place that chooses them: (generator, audio encoder).
 
-    return synthetic_weights("generator", "ave", seed=0), synthetic_weights("audio_encoder", seed=0)
+    Known-answer weights (not trained; see :mod:`fastgen.models.known_answer`).  Random
+    :func:`fastgen.models.synthetic_weights` stay the ones for benchmarks and parity tests.
+    """
+    from .models import known_answer_weights
+
+    return known_answer_weights("ave")
 
 
 # --------------------------------------------------------------------------- drawing
@@ -200,12 +208,15 @@ def render_templates(count: int = TEMPLATES, quality: int = JPEG_QUALITY) -> Ite
 
 
 def build_pack(dest: Path, count: int = TEMPLATES) -> Path:
-    """Write the demo avatar pack (frames + synthetic models) to ``dest``."""
+    """Write the demo avatar pack (frames + known-answer models) to ``dest``."""
     from .models import build_audio_encoder, build_generator
 
     def models():
         gen_w, enc_w = demo_weights()
-        return build_generator(gen_w, "ave", source="demo"), build_audio_encoder(enc_w, source="demo")
+        built = build_generator(gen_w, "ave", source="demo"), build_audio_encoder(enc_w, source="demo")
+        for model in built:
+            model.metadata_props.add(key="fastgen.weights", value=WEIGHTS_LABEL)
+        return built
 
     # the weights take as long as the frames: compute them on the other core meanwhile
     with ThreadPoolExecutor(1, thread_name_prefix="fastgen-demo") as pool:
@@ -213,7 +224,8 @@ def build_pack(dest: Path, count: int = TEMPLATES) -> Path:
         return write_pack(dest, render_templates(count), count=count, frame_size=(FRAME_W, FRAME_H),
                           generator=lambda: built.result()[0], audio_encoder=lambda: built.result()[1],
                           mode="ave", workers=1,
-                          source={"layout": "demo", "demo_version": DEMO_VERSION, "weights": DEMO_WEIGHTS})
+                          source={"layout": "demo", "demo_version": DEMO_VERSION, "weights": DEMO_WEIGHTS,
+                                  "weights_label": WEIGHTS_LABEL})
 
 
 _lock = threading.Lock()
@@ -240,13 +252,24 @@ def avatar(cache_dir: Optional[Path] = None) -> Avatar:
         dest = _writable_cache_dir(cache_dir) / f"demo-avatar-v{DEMO_VERSION}-{DEMO_WEIGHTS}"
         if dest in _opened:
             return _opened[dest]
+        damaged = False
         try:
             opened = Avatar.open(dest) if dest.exists() else None
         except FastgenError:
-            opened = None  # a damaged cache entry is rebuilt
+            opened, damaged = None, True
         if opened is None:
-            build_pack(dest)
+            # build under a private name, then rename: when processes race, the first one wins and
+            # nobody ever sees a half-written or vanishing entry
+            staging = dest.with_name(f".{dest.name}.build-{os.getpid()}-{threading.get_ident()}")
+            build_pack(staging)
+            try:
+                if damaged:
+                    shutil.rmtree(dest, ignore_errors=True)
+                os.rename(staging, dest)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)
             opened = Avatar.open(dest)
+        opened.weights_label = opened.source.get("weights_label", WEIGHTS_LABEL)  # for CLI output
         _opened[dest] = opened
         return opened
 
