@@ -560,7 +560,7 @@ static void fg_stft_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t 
     for (ptrdiff_t t0 = 0; t0 < T; t0 += FG_LANES) {
         int nvalid = (int)(T - t0 < FG_LANES ? T - t0 : FG_LANES);
         fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
-        for (int l = 0; l < nvalid; l++) {
+        for (int l = 0; l < nvalid && l < FG_LANES; l++) {
             float *o = out + (t0 + l) * out_stride;
             for (int k = 0; k < kmax; k++) o[k] = (float)w->mag[k][l];
         }
@@ -663,8 +663,8 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
         fg_group_mag(p, w, x, L, hop, t0, nvalid, reflect, preemph, kmax);
         /* mel sums, transposed four filters at a time into the frames' rows (float) */
         float *row = out + t0 * nmels;
-        ptrdiff_t f = 0;
-        for (; f + 4 <= nmels; f += 4) {
+        const ptrdiff_t nm4 = nmels - nmels % 4;
+        for (ptrdiff_t f = 0; f < nm4; f += 4) {
             fg_v4d a[4];
             for (ptrdiff_t g = 0; g < 4; g++) {
                 const fg_v4d *mg = w->mag + fstart[f + g];
@@ -675,16 +675,16 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
             fg_v4d t2v = fg_unpack_lo(a[2], a[3]), t3v = fg_unpack_hi(a[2], a[3]);
             fg_v4d r[4] = {{t0v[0], t0v[1], t2v[0], t2v[1]}, {t1v[0], t1v[1], t3v[0], t3v[1]},
                            {t0v[2], t0v[3], t2v[2], t2v[3]}, {t1v[2], t1v[3], t3v[2], t3v[3]}};
-            for (ptrdiff_t l = 0; l < nvalid; l++) {
+            for (ptrdiff_t l = 0; l < nvalid && l < FG_LANES; l++) {
                 fg_v4fu v = {(float)r[l][0], (float)r[l][1], (float)r[l][2], (float)r[l][3]};
                 *(fg_v4fu *)(row + l * nmels + f) = v;
             }
         }
-        for (; f < nmels; f++) {
+        for (ptrdiff_t f = nm4; f < nmels; f++) {
             const fg_v4d *mg = w->mag + fstart[f];
             const double *wt = fw + foff[f];
             fg_v4d acc = fg_mel_sum(mg, wt, flen[f]);
-            for (ptrdiff_t l = 0; l < nvalid; l++) row[l * nmels + f] = (float)acc[l];
+            for (ptrdiff_t l = 0; l < nvalid && l < FG_LANES; l++) row[l * nmels + f] = (float)acc[l];
         }
         /* dB and normalisation over the group's rows, eight values at a time */
         const ptrdiff_t cnt = nvalid * nmels;
