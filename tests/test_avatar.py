@@ -608,3 +608,36 @@ def test_demo_cache_falls_back_to_a_temporary_directory(tmp_path):
     chosen = demo._writable_cache_dir(blocker / "cache")
     assert chosen.is_dir() and blocker not in chosen.parents
     assert demo._writable_cache_dir(tmp_path / "ok") == tmp_path / "ok"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def test_audio_encoder_checkpoint_is_converted_once_into_the_cache(tmp_path, monkeypatch, models):
+    import torch
+
+    from fastgen.models import synthetic_weights
+
+    monkeypatch.setenv("FASTGEN_CACHE", str(tmp_path / "cache"))
+    root = make_dataset(tmp_path / "ds", 3)
+    shutil.copyfile(models[0], root / "generator.onnx")
+    weights = synthetic_weights("audio_encoder", seed=3)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in weights.items()}, root / "audio_visual_encoder.pth")
+    av = Avatar.open(root)
+    assert av.audio_encoder_path.suffix == ".onnx"
+    assert (tmp_path / "cache" / "models") in av.audio_encoder_path.parents
+    assert Avatar.open(root).audio_encoder_path == av.audio_encoder_path      # cached, not redone
+    packed = prepare(root, tmp_path / "p")
+    assert packed.audio_encoder_path == tmp_path / "p" / "models" / "audio_encoder.onnx"
+    assert packed.audio_encoder_path.read_bytes() == av.audio_encoder_path.read_bytes()
+
+
+def test_latest_epoch_checkpoint_is_the_generator(tmp_path):
+    from fastgen.avatar import _find_models
+
+    for name in ("5.pth", "100.pth", "20.pth", "audio_visual_encoder.pth"):
+        (tmp_path / name).write_bytes(b"")
+    assert _find_models(tmp_path) == (tmp_path / "100.pth", tmp_path / "audio_visual_encoder.pth")
+    (tmp_path / "best.pth").write_bytes(b"")
+    with pytest.raises(AvatarError) as e:
+        _find_models(tmp_path)
+    one_line_error(e, "several generator checkpoints", "best.pth")
