@@ -409,9 +409,13 @@ FG_INLINE fg_v4d fg_ld22(const double *a, const double *b) {
 #ifdef FG_HAVE_SHUFFLEVECTOR
 FG_INLINE fg_v4d fg_unpack_lo(fg_v4d a, fg_v4d b) { return __builtin_shufflevector(a, b, 0, 4, 2, 6); }
 FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { return __builtin_shufflevector(a, b, 1, 5, 3, 7); }
+FG_INLINE fg_v4d fg_cat_lo(fg_v4d a, fg_v4d b) { return __builtin_shufflevector(a, b, 0, 1, 4, 5); }
+FG_INLINE fg_v4d fg_cat_hi(fg_v4d a, fg_v4d b) { return __builtin_shufflevector(a, b, 2, 3, 6, 7); }
 #else
 FG_INLINE fg_v4d fg_unpack_lo(fg_v4d a, fg_v4d b) { fg_v4d v = {a[0], b[0], a[2], b[2]}; return v; }
 FG_INLINE fg_v4d fg_unpack_hi(fg_v4d a, fg_v4d b) { fg_v4d v = {a[1], b[1], a[3], b[3]}; return v; }
+FG_INLINE fg_v4d fg_cat_lo(fg_v4d a, fg_v4d b) { fg_v4d v = {a[0], a[1], b[0], b[1]}; return v; }
+FG_INLINE fg_v4d fg_cat_hi(fg_v4d a, fg_v4d b) { fg_v4d v = {a[2], a[3], b[2], b[3]}; return v; }
 #endif
 
 /* radix-5 butterfly without twiddles: b[u] = sum_j a[j] exp(-2 pi i j u / 5) */
@@ -673,8 +677,7 @@ static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L
             }
             fg_v4d t0v = fg_unpack_lo(a[0], a[1]), t1v = fg_unpack_hi(a[0], a[1]);
             fg_v4d t2v = fg_unpack_lo(a[2], a[3]), t3v = fg_unpack_hi(a[2], a[3]);
-            fg_v4d r[4] = {{t0v[0], t0v[1], t2v[0], t2v[1]}, {t1v[0], t1v[1], t3v[0], t3v[1]},
-                           {t0v[2], t0v[3], t2v[2], t2v[3]}, {t1v[2], t1v[3], t3v[2], t3v[3]}};
+            fg_v4d r[4] = {fg_cat_lo(t0v, t2v), fg_cat_lo(t1v, t3v), fg_cat_hi(t0v, t2v), fg_cat_hi(t1v, t3v)};
             for (ptrdiff_t l = 0; l < nvalid && l < FG_LANES; l++) {
                 fg_v4fu v = {(float)r[l][0], (float)r[l][1], (float)r[l][2], (float)r[l][3]};
                 *(fg_v4fu *)(row + l * nmels + f) = v;
