@@ -278,6 +278,13 @@ class Generator:
 
         return iterate()
 
+    def stream(self, sample_rate: int = _audio.SAMPLE_RATE, *, silence_db: Optional[float] = None,
+               crossfade: int = 3):
+        """An incremental session: ``push(pcm)`` chunks, get frames as soon as they exist."""
+        from .stream import Stream
+
+        return Stream(self, sample_rate, silence_db=silence_db, crossfade=crossfade)
+
     # ------------------------------------------------------------------ output
 
     def render(self, audio: AudioLike, output, *, count: Optional[int] = None, jpeg_quality: int = 95,
