@@ -6,6 +6,7 @@ and exits non-zero, without a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
@@ -107,6 +108,83 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    """Feed a file in small chunks as a live source would, and measure latency and throughput."""
+    import json
+    import statistics
+    import time
+
+    import numpy as np
+
+    from . import demo
+    from .audio import SAMPLE_RATE, load_audio
+    from .avatar import Avatar
+    from .engine import Generator
+
+    avatar = Avatar.open(args.avatar) if args.avatar else demo.avatar()
+    wav = load_audio(args.audio) if args.audio else demo.audio()
+    if args.seconds:   # loop the clip to a given length (memory soak)
+        reps = int(np.ceil(args.seconds * SAMPLE_RATE / len(wav)))
+        wav = np.tile(wav, reps)[: int(args.seconds * SAMPLE_RATE)]
+    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend="hard")
+    stream = gen.stream(silence_db=args.silence_db)
+    chunk = max(1, int(SAMPLE_RATE * args.chunk_ms / 1000))
+    compute_lat, e2e_lat, rss = [], [], []
+    frames = late = 0
+    t_start = time.perf_counter()
+    for i in range(0, len(wav), chunk):
+        arrival = t_start + (i + chunk) / SAMPLE_RATE if args.realtime else time.perf_counter()
+        if args.realtime:
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+        out = stream.push(wav[i:i + chunk])
+        ready = time.perf_counter()
+        for f in out:
+            compute_lat.append(ready - arrival)
+            if args.realtime:
+                e2e_lat.append(ready - (t_start + f.pts))
+                late += ready > t_start + f.pts + args.delay
+        frames += len(out)
+        if frames and (frames // 250) != ((frames - len(out)) // 250):
+            rss.append(round(_rss_mb(), 1))
+        if not args.quiet and out and not args.json:
+            print(f"frame {frames}", file=sys.stderr, flush=True)
+    out = stream.flush()
+    frames += len(out)
+    wall = time.perf_counter() - t_start
+
+    def pct(xs, q):
+        return round(statistics.quantiles(xs, n=100)[q - 1], 4) if len(xs) >= 2 else (round(xs[0], 4) if xs else None)
+
+    report = {
+        "frames": frames, "audio_s": round(len(wav) / SAMPLE_RATE, 2), "wall_s": round(wall, 2),
+        "fps": round(frames / wall, 2), "real_time_factor": round(frames / wall / 25, 3),
+        "chunk_ms": args.chunk_ms, "realtime": bool(args.realtime),
+        "latency_chunk_to_frame_s": {"median": pct(compute_lat, 50), "p95": pct(compute_lat, 95)},
+        "latency_audio_to_frame_s": ({"median": pct(e2e_lat, 50), "p95": pct(e2e_lat, 95)}
+                                     if args.realtime else None),
+        "late_frames": late if args.realtime else None, "playout_delay_s": args.delay,
+        "dropped_frames": 0, "rss_mb_every_250_frames": rss,
+        "synthetic_weights": gen.synthetic, "config": gen.config.as_dict(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        lat = report["latency_chunk_to_frame_s"]
+        print(f"{frames} frames, {report['fps']:.2f} fps (real-time factor {report['real_time_factor']:.2f}), "
+              f"chunk->frame latency median {lat['median']} s p95 {lat['p95']} s"
+              + (f", late {late}" if args.realtime else ""))
+    return 0
+
+
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--avatar", help="avatar pack, SyncTalk_2D dataset or exported package "
                                     "(default: the embedded demo)")
@@ -159,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=250)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("stream", help="feed audio in small chunks like a live source; report latency")
+    _add_engine_options(p)
+    p.add_argument("--realtime", action="store_true", help="pace the chunks in real time")
+    p.add_argument("--chunk-ms", type=float, default=20.0)
+    p.add_argument("--delay", type=float, default=0.6, help="playout delay for counting late frames (s)")
+    p.add_argument("--seconds", type=float, help="loop the audio to this length (memory soak)")
+    p.add_argument("--silence-db", type=float, help="skip the generator below this RMS level (dBFS)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_stream)
     return parser
 
 
