@@ -6,8 +6,11 @@
  *
  * Algorithm: an n-point real FFT is computed as an n/2-point complex FFT of the even/odd sample
  * pairs (mixed radix 4/2/3/5/generic, Stockham auto-sort, so no bit reversal), followed by the
- * usual split step.  Double precision throughout: the log-mel floor (mel = 1e-4) sits ~100 dB
- * below loud frames and float32 would not keep 2e-4 accuracy there.
+ * usual split step.  Double precision throughout the FFT: the log-mel floor (mel = 1e-4) sits
+ * ~100 dB below loud frames and a float32 FFT would not keep 2e-4 accuracy there.  n_fft = 800
+ * (the SPEC size) has a fused fast path, see "fast path" below.  After the FFT, the magnitude
+ * root, the dB conversion and the normalisation are single precision (each well under 1e-6 in
+ * the normalised output).
  *
  * Everything here is called without the GIL; it never allocates except in fg_plan_init and
  * fg_work_alloc, which the Cython layer calls with the GIL held and checks.
@@ -152,13 +155,6 @@ static int fg_work_alloc(fg_work *w, const fg_plan *p) {
 }
 
 FG_INLINE fg_v4d fg_splat(double x) { fg_v4d v = {x, x, x, x}; return v; }
-
-/* lane-wise mask ? a : b (mask lanes are all-ones or zero, as vector comparisons give) */
-FG_INLINE fg_v4d fg_select(fg_v4l mask, fg_v4d a, fg_v4d b) {
-    union { fg_v4d d; fg_v4l i; } ua = {a}, ub = {b}, r;
-    r.i = (ua.i & mask) | (ub.i & ~mask);
-    return r.d;
-}
 
 /* ---- sample access: pre-emphasis and centre padding folded into the frame load ---- */
 
@@ -571,36 +567,11 @@ static void fg_stft_mag(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t 
     }
 }
 
-/* log10 of four positive normal doubles: exponent split + atanh series (|error| < 1e-12). */
-FG_INLINE fg_v4d fg_log10(fg_v4d v) {
-    union { fg_v4d d; fg_v4l i; } u = {v};
-    fg_v4l bits = u.i;
-    fg_v4l ebits = (bits >> 52) & 0x7ff;
-    /* mantissa into [1, 2), then fold into [sqrt(1/2), sqrt(2)) */
-    u.i = (bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL;
-    fg_v4d mnt = u.d;
-    fg_v4l big = (fg_v4l)(mnt > fg_splat(1.4142135623730951));
-    mnt = fg_select(big, mnt * 0.5, mnt);
-    ebits = ebits - big; /* big is -1 where true */
-    /* exact int -> double for 0 <= e < 2^52: OR into the mantissa of 2^52 */
-    union { fg_v4d d; fg_v4l i; } ef;
-    ef.i = ebits | 0x4330000000000000LL;
-    fg_v4d e = ef.d - 4503599627370496.0 - 1023.0;
-    fg_v4d s = (mnt - 1.0) / (mnt + 1.0);
-    fg_v4d s2 = s * s;
-    fg_v4d poly = 1.0 + s2 * (1.0 / 3 + s2 * (1.0 / 5 + s2 * (1.0 / 7 + s2 * (1.0 / 9 + s2 * (1.0 / 11 + s2 * (1.0 / 13))))));
-    fg_v4d ln = 2.0 * s * poly + e * 0.69314718055994530942;
-    return ln * 0.43429448190325182765;
-}
-
 typedef float fg_v8f __attribute__((vector_size(32)));
 typedef int32_t fg_v8i __attribute__((vector_size(32)));
 typedef float fg_v8fu __attribute__((vector_size(32), aligned(4))); /* unaligned access */
 typedef float fg_v4fu __attribute__((vector_size(16), aligned(4)));
 
-/* M = clip(8 (S + 100) / 100 - 4, -4, 4) with S = 20 log10(max(1e-5, x)) - 20, i.e.
- * M = clip(1.6 log10(max(x, 1e-5)) + 2.4, -4, 4), for eight positive floats.  Natural log by
- * exponent split and the Cephes logf polynomial (~1 ulp); |error in M| < 1e-6. */
 FG_INLINE fg_v8f fg_sel8(fg_v8i mask, fg_v8f a, fg_v8f b) {
     union { fg_v8f f; fg_v8i i; } ua = {a}, ub = {b}, r;
     r.i = (ua.i & mask) | (ub.i & ~mask);
@@ -608,6 +579,9 @@ FG_INLINE fg_v8f fg_sel8(fg_v8i mask, fg_v8f a, fg_v8f b) {
 }
 FG_INLINE fg_v8f fg_splat8(float x) { fg_v8f v = {x, x, x, x, x, x, x, x}; return v; }
 
+/* M = clip(8 (S + 100) / 100 - 4, -4, 4) with S = 20 log10(max(1e-5, x)) - 20, i.e.
+ * M = clip(1.6 log10(max(x, 1e-5)) + 2.4, -4, 4), for eight positive floats.  Natural log by
+ * exponent split and the Cephes logf polynomial (~1 ulp); |error in M| < 1e-6. */
 FG_INLINE fg_v8f fg_norm8(fg_v8f x) {
     x = fg_sel8(x > fg_splat8(1e-5f), x, fg_splat8(1e-5f));
     union { fg_v8f f; fg_v8i i; } u = {x}, mu, eu;
