@@ -596,6 +596,8 @@ class Avatar:
         self.synthetic = models.synthetic
         self.manifest = manifest
         self.source = source or {}
+        # what the CLI shows about the weights (e.g. "known-answer demo weights" of a demo pack)
+        self.weights_label = self.source.get("weights_label")
 
     # ---- opening
 
