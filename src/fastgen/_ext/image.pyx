@@ -5,7 +5,7 @@ strides and bounds and then releases the GIL.  Images are uint8 BGR with contigu
 (pixel stride 3) and any positive row pitch, so views such as ``frame[y0:y1, x0:x1]`` are used in
 place, never copied.
 """
-from libc.math cimport floorf, nearbyintf
+from libc.math cimport floor, nearbyintf
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
@@ -117,9 +117,9 @@ def from_generator_output(const float[:, :, ::1] pred, u8[:, :, :] out):
 
 # ---------------------------------------------------------------- bicubic resize (INTER_CUBIC)
 
-cdef inline void _cubic_coeffs(float x, float *c) noexcept nogil:
-    # OpenCV interpolateCubic, A = -0.75, in float as OpenCV computes it
-    cdef float A = -0.75
+cdef inline void _cubic_coeffs(double x, double *c) noexcept nogil:
+    # Keys cubic, A = -0.75 (OpenCV's interpolateCubic; IPP's B = 0, C = 0.75), in double
+    cdef double A = -0.75
     c[0] = ((A * (x + 1) - 5 * A) * (x + 1) + 8 * A) * (x + 1) - 4 * A
     c[1] = ((A + 2) * x - (A + 3)) * x * x + 1
     c[2] = ((A + 2) * (1 - x) - (A + 3)) * (1 - x) * (1 - x) + 1
@@ -130,15 +130,18 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t hi) noexcept nogil:
     return 0 if v < 0 else (hi if v > hi else v)
 
 
-cdef void _taps(Py_ssize_t ssize, Py_ssize_t dsize, int *first, float *coef) noexcept nogil:
-    """Source index of the first tap and the four cubic weights of every output pixel."""
-    cdef double scale = 1.0 / (<double>dsize / <double>ssize)
+cdef void _taps(Py_ssize_t ssize, Py_ssize_t dsize, int *first, double *coef) noexcept nogil:
+    """Source index of the first tap and the four cubic weights of every output pixel.
+
+    The source position is computed in double from the exact ratio ssize / dsize, as IPP does
+    (OpenCV's own float ``(d + 0.5) * scale - 0.5`` loses ~1e-5 of the phase at x ~ 300).
+    """
     cdef Py_ssize_t d
-    cdef float f, c[4]
+    cdef double f, c[4]
     cdef int s, k
     for d in range(dsize):
-        f = <float>((d + 0.5) * scale - 0.5)
-        s = <int>floorf(f)
+        f = (d + 0.5) * <double>ssize / <double>dsize - 0.5
+        s = <int>floor(f)
         f -= s
         _cubic_coeffs(f, c)
         first[d] = s - 1
@@ -150,13 +153,17 @@ cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
                  u8 *dst, Py_ssize_t dpitch, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
     """Separable cubic resize: horizontal pass into a 4-row ring, then the vertical pass.
 
-    Single-precision weights and sums, rounded to nearest at the end: what OpenCV (5.x) computes
-    for INTER_CUBIC on uint8.  Returns -1 if out of memory.
+    Models what OpenCV 5.x computes by default for INTER_CUBIC on uint8 on x86-64, which is
+    IPP's ippiResizeCubic (hal/ipp, B = 0, C = 0.75, replicated border): double-precision
+    source positions and weights, horizontal sums in double stored as float, vertical sums in
+    float with float weights, rounded to nearest-even.  IPP's exact float op order is not public;
+    this agrees with it on all but ~6e-6 of the samples (off by one, at exact .5 ties).
+    Returns -1 if out of memory.
     """
     cdef int *xf = <int *>malloc(dw * sizeof(int))
-    cdef float *xc = <float *>malloc(4 * dw * sizeof(float))
+    cdef double *xc = <double *>malloc(4 * dw * sizeof(double))
     cdef int *yf = <int *>malloc(dh * sizeof(int))
-    cdef float *yc = <float *>malloc(4 * dh * sizeof(float))
+    cdef double *yc = <double *>malloc(4 * dh * sizeof(double))
     cdef Py_ssize_t *xo = <Py_ssize_t *>malloc(4 * dw * sizeof(Py_ssize_t))
     cdef float *ring = <float *>malloc(4 * dw * 3 * sizeof(float))
     cdef Py_ssize_t tags[4]
@@ -164,7 +171,7 @@ cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
     cdef const u8 *srow
     cdef float *hrow
     cdef const float *rows[4]
-    cdef float a0, a1, a2, a3
+    cdef double a0, a1, a2, a3
     cdef const Py_ssize_t *o
     cdef float b0, b1, b2, b3, v
     cdef u8 *drow
@@ -193,13 +200,13 @@ cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
                     a2 = xc[4 * x + 2]
                     a3 = xc[4 * x + 3]
                     for j in range(3):
-                        hrow[3 * x + j] = (srow[o[0] + j] * a0 + srow[o[1] + j] * a1
-                                           + srow[o[2] + j] * a2 + srow[o[3] + j] * a3)
+                        hrow[3 * x + j] = <float>(srow[o[0] + j] * a0 + srow[o[1] + j] * a1
+                                                  + srow[o[2] + j] * a2 + srow[o[3] + j] * a3)
             rows[k] = hrow
-        b0 = yc[4 * y]
-        b1 = yc[4 * y + 1]
-        b2 = yc[4 * y + 2]
-        b3 = yc[4 * y + 3]
+        b0 = <float>yc[4 * y]
+        b1 = <float>yc[4 * y + 1]
+        b2 = <float>yc[4 * y + 2]
+        b3 = <float>yc[4 * y + 3]
         drow = dst + y * dpitch
         for x in range(dw * 3):
             v = nearbyintf(rows[0][x] * b0 + rows[1][x] * b1 + rows[2][x] * b2 + rows[3][x] * b3)
