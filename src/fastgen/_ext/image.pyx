@@ -157,7 +157,8 @@ cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
     IPP's ippiResizeCubic (hal/ipp, B = 0, C = 0.75, replicated border): double-precision
     source positions and weights, horizontal sums in double stored as float, vertical sums in
     float with float weights, rounded to nearest-even.  IPP's exact float op order is not public;
-    this agrees with it on all but ~6e-6 of the samples (off by one, at exact .5 ties).
+    this agrees with it on all but ~1e-5 of the samples (off by one, at .5 ties).  Sources under
+    4 px in either axis go to OpenCV's own fixed-point path instead of IPP (not modelled here).
     Returns -1 if out of memory.
     """
     cdef int *xf = <int *>malloc(dw * sizeof(int))
