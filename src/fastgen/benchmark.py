@@ -23,43 +23,61 @@ from .engine import Generator
 from .runtime import default_threads, load_model
 
 
-def _model_fps(path, batch: int, threads: int, frames: int) -> float:
-    model = load_model(path, "generator", threads=threads)
+def _model_fps(path, batch: int, threads: int, frames: int, sessions: int = 1) -> float:
+    """Generator-only frames/s: ``sessions`` sessions side by side, each on its own thread."""
+    import threading
+
+    models = [load_model(path, "generator", threads=threads) for _ in range(sessions)]
     rng = np.random.default_rng(0)
     inp = rng.random((batch, 6, 320, 320), dtype=np.float32)
-    aud = rng.standard_normal((batch, *model.info.inputs["audio"]), dtype=np.float32)
-    model.run({"input": inp, "audio": aud})          # warm-up
-    calls = max(1, frames // batch)
+    aud = rng.standard_normal((batch, *models[0].info.inputs["audio"]), dtype=np.float32)
+    for m in models:
+        m.run({"input": inp, "audio": aud})          # warm-up
+    calls = max(1, frames // (batch * sessions))
+
+    def loop(m):
+        for _ in range(calls):
+            m.run({"input": inp, "audio": aud})
+
+    workers = [threading.Thread(target=loop, args=(m,)) for m in models]
     t = time.perf_counter()
-    for _ in range(calls):
-        model.run({"input": inp, "audio": aud})
-    return calls * batch / (time.perf_counter() - t)
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return calls * batch * sessions / (time.perf_counter() - t)
 
 
 def _baseline_fps(gen: Generator, wav: np.ndarray, frames: int) -> float:
+    """The straightforward port of the reference loop, with fastgen's fast kernels: per frame,
+    decode the template JPEG, crop + resize to 328, infer (one session, all cores, batch 1),
+    paste back, encode the JPEG — sequentially, no caches, no overlap."""
     import simplejpeg
 
-    model = load_model(gen.avatar.generator_path, "generator", threads=default_threads(), spin=True)
+    av = gen.avatar
+    model = load_model(av.generator_path, "generator", threads=default_threads(), spin=True)
     feats = gen.features(wav, count=frames)
-    order = gen.avatar.order(frames)
+    order = av.order(frames)
     inp = np.empty((1, 6, 320, 320), np.float32)
     aud = np.empty((1, *gen.audio_shape), np.float32)
     t = time.perf_counter()
     for j in range(frames):
         k = order[j]
-        crop = gen.avatar.crop(k).copy()
+        frame = simplejpeg.decode_jpeg(av.jpeg(k), colorspace="BGR")
+        x0, y0, x1, y1 = av.box(k)
+        crop = _image.resize_bicubic(frame[y0:y1, x0:x1], 328, 328)
         _image.to_generator_input(crop[4:324, 4:324], inp[0])
         gen.audio_window(feats, j, aud[0])
         pred = model.run({"input": inp, "audio": aud})
         _image.from_generator_output(pred[0], crop[4:324, 4:324])
-        frame = gen.avatar.frame(k).copy()
-        _image.composite_patch(frame, crop, gen.avatar.box(k), feather=gen.feather)
+        _image.composite_patch(frame, crop, (x0, y0, x1, y1), feather=gen.feather)
         simplejpeg.encode_jpeg(frame, quality=95, colorspace="BGR", colorsubsampling="420")
     return frames / (time.perf_counter() - t)
 
 
 def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optional[int] = None,
-              model_frames: int = 48, threads=None, batch=None, workers=None, log=None) -> dict:
+              model_frames: int = 48, threads=None, batch=None, workers=None, sessions=None,
+              log=None) -> dict:
     """Measure everything in one process; returns the JSON-able report."""
     from . import demo
     from .avatar import Avatar
@@ -67,7 +85,7 @@ def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optio
     say = log or (lambda msg: None)
     t_open = time.perf_counter()
     av = Avatar.open(avatar) if avatar is not None else demo.avatar()
-    gen = Generator(av, threads=threads, batch=batch, workers=workers)
+    gen = Generator(av, threads=threads, batch=batch, workers=workers, sessions=sessions)
     wav = gen._wav(audio) if audio is not None else demo.audio()
     total = gen.frame_count(wav)
     frames = min(int(frames), total)
@@ -83,7 +101,11 @@ def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optio
     model = {}
     batches = [1, 4] if gen.model.info.dynamic_batch else [1]
     for b in batches:
-        model[f"batch{b}_threads{cores}"] = round(_model_fps(av.generator_path, b, cores, model_frames), 3)
+        model[f"sessions1_threads{cores}_batch{b}"] = round(
+            _model_fps(av.generator_path, b, cores, model_frames), 3)
+    if cores > 1:
+        model[f"sessions{cores}_threads1_batch1"] = round(
+            _model_fps(av.generator_path, 1, 1, model_frames, sessions=cores), 3)
     model_fps = max(model.values())
 
     say(f"pipeline: {frames} frames, 1280x720 JPEG")

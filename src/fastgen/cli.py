@@ -75,7 +75,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         avatar = demo.avatar()
     audio = args.audio if args.audio else demo.audio()
     output = args.output or ("fastgen_demo.mp4" if not (args.avatar or args.audio) else "fastgen_out.mp4")
-    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend=args.blend)
+    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend=args.blend,
+                    sessions=args.sessions)
     update, close = _progress(args)
     try:
         summary = gen.render(audio, output, count=args.frames, jpeg_quality=args.jpeg_quality,
@@ -96,7 +97,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     log = None if (args.json or args.quiet) else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
     report = run_bench(args.avatar, args.audio, frames=args.frames, threads=args.threads,
-                       batch=args.batch, workers=args.workers, log=log)
+                       batch=args.batch, workers=args.workers, sessions=args.sessions, log=log)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -135,7 +136,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if args.seconds:   # loop the clip to a given length (memory soak)
         reps = int(np.ceil(args.seconds * SAMPLE_RATE / len(wav)))
         wav = np.tile(wav, reps)[: int(args.seconds * SAMPLE_RATE)]
-    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend="hard")
+    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend="hard",
+                    sessions=args.sessions)
     stream = gen.stream(silence_db=args.silence_db)
     chunk = max(1, int(SAMPLE_RATE * args.chunk_ms / 1000))
     compute_lat, e2e_lat, rss = [], [], []
@@ -189,9 +191,10 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--avatar", help="avatar pack, SyncTalk_2D dataset or exported package "
                                     "(default: the embedded demo)")
     p.add_argument("--audio", help="speech audio file (default: the demo clip)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all cores)")
-    p.add_argument("--batch", type=int, help="generator batch size (default: 4, or 1 for fixed-batch models)")
-    p.add_argument("--workers", type=int, help="post-processing threads (default: cores / 2)")
+    p.add_argument("--sessions", type=int, help="generator sessions side by side (default: one per core)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: cores / sessions)")
+    p.add_argument("--batch", type=int, help="generator batch size (default: 1)")
+    p.add_argument("--workers", type=int, help="post-processing threads (default: one per session)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 

@@ -15,9 +15,8 @@ caller; closing the iterator (or Ctrl-C) stops the threads promptly.
 from __future__ import annotations
 
 import os
-import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -39,34 +38,48 @@ BLENDS = {"hard": 0, "feather": 6}   # feather width in pixels of a 328-pixel cr
 class EngineConfig:
     """Threads, batch and workers actually used, and why."""
 
-    threads: int
+    threads: int          # intra-op threads per generator session
     batch: int
     workers: int
     blend: str
+    sessions: int = 1     # generator sessions running side by side
     providers: list = field(default_factory=list)
     reason: str = ""
 
     def as_dict(self) -> dict:
-        return {"threads": self.threads, "batch": self.batch, "workers": self.workers,
-                "blend": self.blend, "providers": self.providers, "reason": self.reason}
+        return {"sessions": self.sessions, "threads": self.threads, "batch": self.batch,
+                "workers": self.workers, "blend": self.blend, "providers": self.providers,
+                "reason": self.reason}
 
 
-def choose_config(cores: int, dynamic_batch: bool, *, threads=None, batch=None, workers=None) -> tuple:
-    """The machine heuristic (measured on a 2-core EPYC, see the engine issue's note).
+def choose_config(cores: int, dynamic_batch: bool, *, sessions=None, threads=None, batch=None,
+                  workers=None) -> tuple:
+    """(sessions, threads per session, batch, workers) for this machine, unless given.
 
-    One generator session gets every core as intra-op threads (ORT fills them far better than
-    several single-thread sessions on few cores); batches of 4 gave ~15-25 % more frames/s than
-    batch 1 when the model allows a batch axis; one post-processing worker per two cores is
-    enough, because compositing + JPEG encoding are ~5 % of a frame's model time.
+    Heuristic from ``fastgen bench`` on a 2-core EPYC (1280x720 demo, JPEG output):
+
+    ====================================  =========  ===============  ============
+    generator configuration               model fps  pipeline fps     peak RSS
+    ====================================  =========  ===============  ============
+    1 session x 2 threads, batch 1        14.2       13.5             545 MB
+    2 sessions x 1 thread, batch 1        14.4       13.8             790 MB
+    1 session x 2 threads, batch 4        13.3       12.9             > 1 GB
+    ====================================  =========  ===============  ============
+
+    Batches bring nothing on CPU and cost latency and memory, so batch 1.  Two single-thread
+    sessions are ~2 % faster but each holds its own activations, so one session with every core
+    is the default (it keeps peak RSS under 600 MB); ``sessions=`` trades memory for that 2 %.
+    One post-processing worker per session: its ~5 ms per frame fits beside ~70 ms of inference.
     """
-    t = int(threads) if threads else cores
-    b = int(batch) if batch else (4 if dynamic_batch else 1)
-    w = int(workers) if workers else max(1, cores // 2)
-    if t < 1 or b < 1 or w < 1:
-        raise InputError(f"threads, batch and workers must be >= 1 (got {t}, {b}, {w})")
+    n = int(sessions) if sessions else 1
+    t = int(threads) if threads else max(1, cores // n)
+    b = int(batch) if batch else 1
+    w = int(workers) if workers else n
+    if n < 1 or t < 1 or b < 1 or w < 1:
+        raise InputError(f"sessions, threads, batch and workers must be >= 1 (got {n}, {t}, {b}, {w})")
     if b > 1 and not dynamic_batch:
         raise InputError(f"this generator has a fixed batch of 1; batch={b} is not possible")
-    return t, b, w
+    return n, t, b, w
 
 
 class Generator:
@@ -79,7 +92,7 @@ class Generator:
 
     def __init__(self, avatar, *, providers: Optional[Sequence[str]] = None,
                  threads: Optional[int] = None, batch: Optional[int] = None,
-                 workers: Optional[int] = None, blend: str = "feather"):
+                 workers: Optional[int] = None, blend: str = "feather", sessions: Optional[int] = None):
         from .avatar import Avatar
 
         self.avatar = avatar if isinstance(avatar, Avatar) else Avatar.open(avatar)
@@ -89,17 +102,23 @@ class Generator:
             raise ModelError(f"{getattr(self.avatar, 'path', 'avatar')}: no generator / audio "
                              "encoder model (pass generator= and audio_encoder= to Avatar.open)")
         cores = default_threads()
-        # threads first: the session is built with them
-        t = int(threads) if threads else cores
-        self.model = load_model(self.avatar.generator_path, "generator", threads=t, providers=providers)
-        t, b, w = choose_config(cores, self.model.info.dynamic_batch, threads=t, batch=batch, workers=workers)
-        self.encoder = load_model(self.avatar.audio_encoder_path, "audio_encoder", threads=t,
+        first = load_model(self.avatar.generator_path, "generator", threads=1, providers=providers)
+        n, t, b, w = choose_config(cores, first.info.dynamic_batch, sessions=sessions, threads=threads,
+                                   batch=batch, workers=workers)
+        if t != 1:
+            first = load_model(self.avatar.generator_path, "generator", threads=t, providers=providers)
+        self.models = [first] + [load_model(self.avatar.generator_path, "generator", threads=t,
+                                            providers=providers) for _ in range(n - 1)]
+        self.model = first
+        # the encoder runs in big batches while generator sessions may be busy: all cores
+        self.encoder = load_model(self.avatar.audio_encoder_path, "audio_encoder", threads=cores,
                                   providers=providers)
         self.mode = self.model.info.mode
         self.audio_shape = tuple(self.model.info.inputs["audio"])
-        self.config = EngineConfig(threads=t, batch=b, workers=w, blend=blend,
+        explicit = any(v is not None for v in (sessions, threads, batch, workers))
+        self.config = EngineConfig(threads=t, batch=b, workers=w, blend=blend, sessions=n,
                                    providers=self.model.providers,
-                                   reason="explicit" if (threads or batch or workers) else "heuristic")
+                                   reason="explicit" if explicit else "heuristic")
         self.feather = BLENDS[blend]
 
     # ------------------------------------------------------------------ audio side
@@ -126,21 +145,16 @@ class Generator:
         precomputed (N, D) features.  With ``start``/``count`` only the encoder windows that frames
         ``start .. start + count - 1`` need are computed; other rows are left zero.
         """
+        rows = self._feature_rows(audio, start, count)
+        rows.ensure_all()
+        return rows.table()
+
+    def _feature_rows(self, audio: AudioLike, start: int, count: Optional[int]) -> "_FeatureRows":
         if self.mode != "ave":
-            return self._external_features(audio)
-        mel = _audio.log_mel(self._wav(audio))
-        windows = _audio.mel_windows(mel)
-        n = len(windows)
-        total = n + 2
-        lo, hi = self._frame_range(total, start, count)
-        # frame j reads rows j-8 .. j+7; row r holds window clamp(r - 1, 0, n - 1)
-        rows_lo, rows_hi = max(0, lo - FEATURE_CONTEXT), min(total, hi + FEATURE_CONTEXT)
-        w_lo, w_hi = max(0, rows_lo - 1), min(n, rows_hi)   # windows [w_lo, w_hi)
-        emb = self.encode_windows(windows[w_lo:w_hi])
-        feats = np.zeros((total, emb.shape[1]), np.float32)
-        for r in range(rows_lo, rows_hi):
-            feats[r] = emb[min(max(r - 1, 0), n - 1) - w_lo]
-        return feats
+            f = self._external_features(audio)
+            return _FeatureRows(self, None, f, *self._frame_range(len(f), start, count))
+        windows = _audio.mel_windows(_audio.log_mel(self._wav(audio)))
+        return _FeatureRows(self, windows, None, *self._frame_range(len(windows) + 2, start, count))
 
     def _external_features(self, audio: AudioLike) -> np.ndarray:
         if isinstance(audio, np.ndarray):
@@ -194,9 +208,8 @@ class Generator:
 
     def _run(self, audio: AudioLike, *, start: int, count: Optional[int],
              post: Optional[Callable[[int, np.ndarray], object]]) -> Iterator:
-        feats = self.features(audio, start=start, count=count)
-        lo, hi = self._frame_range(len(feats), start, count)
-        return self._pipeline(feats, range(lo, hi), post)
+        rows = self._feature_rows(audio, start, count)
+        return self._pipeline(rows, range(rows.lo, rows.hi), post)
 
     def _render_frame(self, j: int, k: int, pred: np.ndarray) -> np.ndarray:
         crop = self.avatar.crop(k).copy()
@@ -206,74 +219,96 @@ class Generator:
         _image.composite_patch(frame, crop, self.avatar.box(k), feather=self.feather)
         return frame
 
-    def _pipeline(self, feats: np.ndarray, jobs: range, post) -> Iterator:
+    def _pipeline(self, rows: "_FeatureRows", jobs: range, post) -> Iterator:
+        """Frames of ``jobs`` in order: one infer thread per generator session, a post pool.
+
+        In-flight frames are bounded by permits taken in frame order (so the oldest frame always
+        holds one and the ring cannot deadlock); the caller collects futures in frame order.
+        """
         cfg = self.config
         order = self.avatar.order(jobs.stop) if len(jobs) else []
-        depth = max(2 * cfg.batch, cfg.batch + 2 * cfg.workers)
-        results: "queue.Queue" = queue.Queue(maxsize=depth)
+        depth = max(2 * cfg.batch * cfg.sessions, cfg.batch * cfg.sessions + 2 * cfg.workers)
+        permits = threading.Semaphore(depth)
+        take = threading.Lock()
+        ready = threading.Condition()
+        futures: dict = {}
+        state = {"next": jobs.start, "error": None, "finished": 0}
         stop = threading.Event()
         pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="fastgen-post")
-        done = object()
+        off, size = _image.ROI_OFFSET, _image.ROI_SIZE
 
         def finish(j: int, k: int, pred: np.ndarray):
             frame = self._render_frame(j, k, pred)
             return frame if post is None else post(j, frame)
 
-        def put(item) -> bool:
+        def acquire() -> bool:
             while not stop.is_set():
-                try:
-                    results.put(item, timeout=0.1)
+                if permits.acquire(timeout=0.1):
                     return True
-                except queue.Full:
-                    continue
             return False
 
-        def infer():
-            try:
-                inp = np.empty((cfg.batch, 6, _image.ROI_SIZE, _image.ROI_SIZE), np.float32)
-                aud = np.empty((cfg.batch, *self.audio_shape), np.float32)
-                for b0 in range(jobs.start, jobs.stop, cfg.batch):
-                    if stop.is_set():
-                        return
-                    idx = list(range(b0, min(b0 + cfg.batch, jobs.stop)))
-                    for i, j in enumerate(idx):
-                        k = order[j]
-                        crop = self.avatar.crop(k)
-                        off = _image.ROI_OFFSET
-                        _image.to_generator_input(crop[off:off + _image.ROI_SIZE, off:off + _image.ROI_SIZE], inp[i])
-                        self.audio_window(feats, j, aud[i])
-                    n = len(idx)
-                    pred = self.model.run({"input": inp[:n], "audio": aud[:n]})
-                    for i, j in enumerate(idx):
-                        # each future owns its slice of this batch's output array
-                        if not put(pool.submit(finish, j, order[j], pred[i])):
-                            return
-                put(done)
-            except BaseException as exc:  # surfaces in the caller, which re-raises it
-                put(exc)
+        def claim() -> list:
+            with take:   # permits in frame order: see the docstring
+                idx = []
+                while len(idx) < cfg.batch and state["next"] < jobs.stop:
+                    if not acquire():
+                        break
+                    idx.append(state["next"])
+                    state["next"] += 1
+                return idx
 
-        thread = threading.Thread(target=infer, name="fastgen-infer", daemon=True)
+        def infer(model: OrtModel):
+            try:
+                inp = np.empty((cfg.batch, 6, size, size), np.float32)
+                aud = np.empty((cfg.batch, *self.audio_shape), np.float32)
+                while not stop.is_set():
+                    idx = claim()
+                    if not idx:
+                        break
+                    for i, j in enumerate(idx):
+                        crop = self.avatar.crop(order[j])
+                        _image.to_generator_input(crop[off:off + size, off:off + size], inp[i])
+                        rows.window(j, aud[i])
+                    n = len(idx)
+                    pred = model.run({"input": inp[:n], "audio": aud[:n]})
+                    with ready:
+                        for i, j in enumerate(idx):
+                            futures[j] = pool.submit(finish, j, order[j], pred[i])
+                        ready.notify_all()
+            except BaseException as exc:  # surfaces in the caller, which re-raises it
+                with ready:
+                    state["error"] = state["error"] or exc
+                    ready.notify_all()
+            finally:
+                with ready:
+                    state["finished"] += 1
+                    ready.notify_all()
+
+        threads = [threading.Thread(target=infer, args=(m,), name=f"fastgen-infer-{i}", daemon=True)
+                   for i, m in enumerate(self.models)]
 
         def iterate():
-            thread.start()
+            for t in threads:
+                t.start()
             try:
-                while True:
-                    item = results.get()
-                    if item is done:
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item.result()
+                for j in jobs:
+                    with ready:
+                        while j not in futures and state["error"] is None:
+                            if state["finished"] == len(threads):
+                                raise RuntimeError(f"fastgen: frame {j} was never produced")
+                            ready.wait(0.1)
+                        if state["error"] is not None:
+                            raise state["error"]
+                        fut = futures.pop(j)
+                    result = fut.result()
+                    permits.release()
+                    yield result
             finally:
                 stop.set()
-                while thread.is_alive():
-                    try:  # unblock a producer waiting on a full queue
-                        item = results.get(timeout=0.05)
-                        if isinstance(item, Future):
-                            item.cancel()
-                    except queue.Empty:
-                        pass
-                thread.join()
+                for t in threads:
+                    t.join()
+                for fut in futures.values():
+                    fut.cancel()
                 pool.shutdown(wait=True, cancel_futures=True)
 
         return iterate()
@@ -299,3 +334,71 @@ class Generator:
         wav = self._wav(audio)
         return sinks.render(self, wav, Path(output), count=count, jpeg_quality=jpeg_quality,
                             progress=progress)
+
+
+class _FeatureRows:
+    """Feature rows F (SPEC 3.2) for frames [lo, hi), encoded lazily in chunks of windows.
+
+    The first frames only wait for the first chunk, not for the whole clip's encoder pass, and a
+    frame range encodes only the windows it reads.  Thread-safe: sessions ask concurrently.
+    """
+
+    def __init__(self, gen: Generator, windows: Optional[np.ndarray], table: Optional[np.ndarray],
+                 lo: int, hi: int):
+        self.gen, self.windows, self.lo, self.hi = gen, windows, lo, hi
+        self.n = len(windows) if windows is not None else len(table) - 2
+        self.total = self.n + 2
+        self._lock = threading.Lock()
+        if table is not None:
+            self._emb = table[1:-1]
+            self._w_lo, self._w_hi, self._done = 0, self.n, self.n
+        else:
+            self._emb = None
+            # frame j reads rows j-8 .. j+7; row r holds window clamp(r - 1, 0, n - 1)
+            self._w_lo = min(max(0, lo - FEATURE_CONTEXT - 1), max(self.n - 1, 0))
+            self._w_hi = min(self.n, hi + FEATURE_CONTEXT - 1) if hi > lo else self._w_lo
+            self._done = self._w_lo
+
+    def _ensure(self, w_hi: int) -> None:
+        """Encode windows [w_lo, w_hi)."""
+        w_hi = min(w_hi, self._w_hi)
+        if self._done >= w_hi:
+            return
+        with self._lock:
+            while self._done < w_hi:
+                hi = min(self._w_hi, max(w_hi, self._done + ENCODER_BATCH))
+                emb = self.gen.encode_windows(self.windows[self._done:hi])
+                if self._emb is None:
+                    self._emb = np.zeros((self.n, emb.shape[1]), np.float32)
+                self._emb[self._done:hi] = emb
+                self._done = hi
+
+    def ensure_all(self) -> None:
+        if self.windows is not None:
+            self._ensure(self._w_hi)
+
+    def _window_index(self, r: np.ndarray) -> np.ndarray:
+        return np.clip(r - 1, 0, self.n - 1)
+
+    def window(self, j: int, out: np.ndarray) -> None:
+        """Frame j's audio tensor: rows F[j-8 : j+8], zero outside [0, N + 2) (SPEC 3.3)."""
+        r = np.arange(j - FEATURE_CONTEXT, j + FEATURE_CONTEXT)
+        valid = (r >= 0) & (r < self.total)
+        need = self._window_index(r[valid])
+        if self.windows is not None and need.size:
+            self._ensure(int(need.max()) + 1)
+        flat = out.reshape(2 * FEATURE_CONTEXT, -1)
+        flat[~valid] = 0
+        flat[valid] = self._emb[need]
+
+    def table(self) -> np.ndarray:
+        """The (N + 2, D) table; rows whose window was not encoded are zero."""
+        d = self._emb.shape[1] if self._emb is not None else 512
+        out = np.zeros((self.total, d), np.float32)
+        if self._emb is None:
+            return out
+        r = np.arange(self.total)
+        w = self._window_index(r)
+        ok = (w >= self._w_lo) & (w < self._done)
+        out[ok] = self._emb[w[ok]]
+        return out

@@ -53,6 +53,31 @@ class OrtModel:
                 "dynamic_batch": self.info.dynamic_batch, "synthetic": self.info.synthetic}
 
 
+_shared_arena = {"done": False}
+_arena_lock = __import__("threading").Lock()
+
+
+def _register_shared_arena(ort) -> bool:
+    """One CPU arena for every session of the process, growing only by what is requested.
+
+    Measured on the 1280x720 demo pipeline (1 session x 2 threads): ORT's default per-session
+    power-of-two arena with memory patterns peaks at 676 MB RSS, this shared exact-growth arena
+    (with ``enable_mem_pattern=False``) at 549 MB at the same fps; no arena at all costs ~40 %
+    of the fps (every run maps and faults its activations afresh).
+    """
+    with _arena_lock:
+        if not _shared_arena["done"]:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                         ort.OrtMemType.DEFAULT)
+                # max_mem 0 (no cap), extend strategy 1 = kSameAsRequested, defaults for the rest
+                ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+                _shared_arena["done"] = True
+            except Exception:  # older ORT without env allocators: per-session arenas
+                _shared_arena["done"] = None
+        return bool(_shared_arena["done"])
+
+
 def load_model(path: str | os.PathLike, kind: str, *, threads: int = 1,
                providers: Optional[Sequence[str]] = None, spin: bool = False) -> OrtModel:
     """Open an ONNX model for inference.
@@ -76,6 +101,10 @@ def load_model(path: str | os.PathLike, kind: str, *, threads: int = 1,
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = True
+    opts.enable_mem_pattern = False
+    if _register_shared_arena(ort):
+        opts.add_session_config_entry("session.use_env_allocators", "1")
     try:
         session = ort.InferenceSession(str(info.path), sess_options=opts, providers=wanted)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
