@@ -24,7 +24,7 @@ import simplejpeg
 import soundfile as sf
 
 from conftest import speech_like
-from fastgen import Avatar, FastgenError, Generator, InputError, cli
+from fastgen import Avatar, Generator, InputError, cli
 from fastgen.models import build_audio_encoder, build_generator, synthetic_weights
 from test_audio import reference_log_mel
 

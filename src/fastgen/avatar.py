@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import weakref
 import zlib
@@ -50,6 +49,7 @@ import numpy as np
 import simplejpeg
 
 from .errors import AvatarError, InputError
+from .atomic import swap_into_place, temp_dir_for
 from .image import CROP_SIZE, resize_bicubic
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -762,7 +762,7 @@ def write_pack(dest: PathLike, templates: Iterable[PackTemplate], *, count: int,
             raise InputError(f"{dest}: exists and is not a fastgen avatar pack; choose another output")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        tmp = temp_dir_for(dest)
     except OSError as exc:
         raise InputError(f"{dest}: cannot create the pack ({exc.strerror or exc})") from None
     try:
@@ -795,7 +795,7 @@ def write_pack(dest: PathLike, templates: Iterable[PackTemplate], *, count: int,
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.write("\n")
-        _swap_into_place(tmp, dest)
+        swap_into_place(tmp, dest)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise AvatarError(f"{dest}: cannot write the pack ({exc.strerror or exc})") from None
@@ -891,22 +891,6 @@ def _write_templates(tmp: Path, templates: Iterable[PackTemplate], count: int,
              FRAMES: {"bytes": offset, "sha256": frames_hash.hexdigest()},
              CROPS: {"bytes": (tmp / CROPS).stat().st_size, "sha256": crops_hash.hexdigest()}}
     return files, index
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    """Rename tmp -> dest; a previous pack at dest is removed only after the new one is in place."""
-    if not dest.exists():
-        os.rename(tmp, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    os.rename(dest, old / "prev")
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        os.rename(old / "prev", dest)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(source: PathLike, dest: PathLike, *, generator: Optional[PathLike] = None,

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import resource
-import statistics
 import sys
 import time
 from typing import Optional

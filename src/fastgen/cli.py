@@ -20,7 +20,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         args.generator, args.output, audio_encoder=args.audio_encoder, mode=args.mode
     )
     if not args.quiet:
-        print(f"exported {args.output}: " + ", ".join(sorted(manifest["files"])))
+        label = " [synthetic weights]" if manifest.get("synthetic") else ""
+        print(f"exported {args.output}: " + ", ".join(sorted(manifest["files"])) + label)
     return 0
 
 

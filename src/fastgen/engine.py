@@ -25,7 +25,7 @@ import numpy as np
 
 from . import audio as _audio
 from . import image as _image
-from .errors import FastgenError, InputError, ModelError
+from .errors import InputError, ModelError
 from .runtime import OrtModel, default_threads, load_model
 
 AudioLike = Union[str, "os.PathLike[str]", np.ndarray]

@@ -14,13 +14,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .atomic import swap_into_place, temp_dir_for, temp_file_for
 from .errors import InputError
 
 FPS = 25
-
-
-def _temp_name(output: Path) -> Path:
-    return output.with_name(f".{output.name}.partial-{os.getpid()}-{time.monotonic_ns() % 10**9}")
 
 
 def _check_parent(output: Path) -> None:
@@ -29,17 +26,6 @@ def _check_parent(output: Path) -> None:
         raise InputError(f"{output}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"{output}: the folder {parent} is not writable")
-
-
-def _replace(tmp: Path, output: Path) -> None:
-    """Move a finished temp output into place (replacing an older output of the same name)."""
-    if output.is_dir() and not output.is_symlink():
-        old = _temp_name(output.with_name(output.name + ".old"))
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, output)
 
 
 def _encode_jpeg(quality: int) -> Callable[[int, np.ndarray], bytes]:
@@ -61,14 +47,14 @@ def render(gen, wav: np.ndarray, output: Path, *, count: Optional[int], jpeg_qua
         kind = "directory" if output.is_dir() else "file"
         raise InputError(f"{output}: exists and is a {kind}; choose another output name")
     total = gen.frame_count(wav) if count is None else min(int(count), gen.frame_count(wav))
-    tmp = _temp_name(output)
+    tmp = temp_dir_for(output) if not is_mp4 else temp_file_for(output)
     t0 = time.perf_counter()
     try:
         if is_mp4:
             n = _write_mp4(gen, wav, tmp, total, progress)
         else:
             n = _write_jpegs(gen, wav, tmp, total, jpeg_quality, progress)
-        _replace(tmp, output)
+        swap_into_place(tmp, output)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -80,7 +66,6 @@ def render(gen, wav: np.ndarray, output: Path, *, count: Optional[int], jpeg_qua
 
 
 def _write_jpegs(gen, wav, tmp: Path, total: int, quality: int, progress) -> int:
-    tmp.mkdir()
     n = 0
     # JPEG encoding runs in the engine's post-processing workers, off the caller's thread
     for n, data in enumerate(gen._run(wav, start=0, count=total, post=_encode_jpeg(quality)), 1):

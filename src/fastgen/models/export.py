@@ -12,6 +12,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import InputError, ModelError
+from ..atomic import swap_into_place, temp_dir_for
 from .checkpoint import load_checkpoint
 from .graphs import AUDIO_SHAPES, EMB_SIZE, IMAGE_SHAPE, MEL_SHAPE, MODES, OUTPUT_SHAPE
 from .graphs import build_audio_encoder, build_generator
@@ -83,7 +84,7 @@ def export_models(generator: str | Path, output: str | Path, audio_encoder: str 
         raise InputError(f"{out}: directory is not empty and holds no fastgen export; choose another")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = temp_dir_for(out)
     except OSError as exc:
         raise InputError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
     try:
@@ -101,7 +102,7 @@ def export_models(generator: str | Path, output: str | Path, audio_encoder: str 
             manifest["files"][_FILES[kind]] = {"kind": kind, "sha256": sha256_file(target),
                                                "bytes": target.stat().st_size, **_io_shapes(kind, mode)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ModelError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
@@ -109,22 +110,6 @@ def export_models(generator: str | Path, output: str | Path, audio_encoder: str 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename tmp → out; a previous export in out is replaced only once the new one is complete."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / "prev")
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        os.rename(old / "prev", out)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_onnx(path: str | Path, kind: str, cache_dir: str | Path, mode: str = "ave") -> tuple[Path, ModelInfo]:
