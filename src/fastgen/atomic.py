@@ -9,15 +9,27 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def temp_dir_for(dest: Path) -> Path:
-    """A fresh hidden directory next to ``dest`` (same filesystem, so the final rename is atomic)."""
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    """A fresh hidden directory next to ``dest`` (same filesystem, so the final rename is atomic).
+
+    mkdtemp makes it private (0700); the finished output gets the usual umask-based mode.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
 
 
 def temp_file_for(dest: Path) -> Path:
-    """A fresh hidden file name next to ``dest``."""
+    """A fresh hidden file name next to ``dest`` (mode from the umask, not mkstemp's 0600)."""
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=dest.suffix, dir=dest.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
     return Path(name)
 
 
