@@ -26,6 +26,7 @@ import numpy as np
 from . import audio as _audio
 from . import image as _image
 from .errors import InputError, ModelError
+from .models import inspect as inspect_model
 from .runtime import OrtModel, default_threads, load_model
 
 AudioLike = Union[str, "os.PathLike[str]", np.ndarray]
@@ -102,14 +103,12 @@ class Generator:
             raise ModelError(f"{getattr(self.avatar, 'path', 'avatar')}: no generator / audio "
                              "encoder model (pass generator= and audio_encoder= to Avatar.open)")
         cores = default_threads()
-        first = load_model(self.avatar.generator_path, "generator", threads=1, providers=providers)
-        n, t, b, w = choose_config(cores, first.info.dynamic_batch, sessions=sessions, threads=threads,
+        info = inspect_model(self.avatar.generator_path, expect="generator")
+        n, t, b, w = choose_config(cores, info.dynamic_batch, sessions=sessions, threads=threads,
                                    batch=batch, workers=workers)
-        if t != 1:
-            first = load_model(self.avatar.generator_path, "generator", threads=t, providers=providers)
-        self.models = [first] + [load_model(self.avatar.generator_path, "generator", threads=t,
-                                            providers=providers) for _ in range(n - 1)]
-        self.model = first
+        self.models = [load_model(self.avatar.generator_path, "generator", threads=t, providers=providers)
+                       for _ in range(n)]
+        self.model = self.models[0]
         # the encoder runs in big batches while generator sessions may be busy: all cores
         self.encoder = load_model(self.avatar.audio_encoder_path, "audio_encoder", threads=cores,
                                   providers=providers)
