@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = {
         "log_mel": (lambda: audio.log_mel(wav), librosa_log_mel, "librosa+scipy (SPEC 2)", 60),
         "to_generator_input": (lambda: image.to_generator_input(roi, batch[1]), numpy_input,
-                               "numpy", 600),
+                               "numpy", 2000),
         "from_generator_output": (lambda: image.from_generator_output(pred, crop[4:324, 4:324]),
-                                  numpy_output, "numpy", 600),
+                                  numpy_output, "numpy", 2000),
         "resize_bicubic": (lambda: image.resize_bicubic(crop, 182, 182),
                            lambda: cv2.resize(crop, (182, 182), interpolation=cv2.INTER_CUBIC),
                            "cv2.resize INTER_CUBIC (1 thread)", 400),
