@@ -23,6 +23,7 @@ import pytest
 import simplejpeg
 import soundfile as sf
 
+from avatar_fixtures import reference_order
 from conftest import speech_like
 from fastgen import Avatar, Generator, InputError, cli
 from fastgen.models import build_audio_encoder, build_generator, synthetic_weights
@@ -97,14 +98,7 @@ def reference_frames(root: Path, wav: np.ndarray, start: int = 0, count=None,
         feats.append(enc.run(None, {"mel": mel[s:e].T[None, None].copy()})[0][0])
     feats = [feats[0]] + feats + [feats[-1]]
     n_templates = len(list((root / "full_body_img").glob("*.jpg")))
-    order, idx, step, n = [], 0, 0, n_templates - 1
-    for _ in range(len(feats)):
-        if idx > n - 1:
-            step = -1
-        if idx < 1:
-            step = 1
-        idx += step
-        order.append(idx)
+    order = reference_order(n_templates, len(feats))
     stop = len(feats) if count is None else min(len(feats), start + count)
     frames = []
     for j in range(start, stop):

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from avatar_fixtures import reference_order
 
 from fastgen import audio as faudio
 from fastgen import cli, demo
@@ -245,19 +246,6 @@ def test_pytorch_reference_gives_the_same_answers(models, avatar, clip):
 
 # --------------------------------------------------------------------------- the pipeline
 
-def spec_order(templates: int, frames: int) -> list[int]:
-    """SPEC §4 ping-pong, written out again here."""
-    n, idx, step, out = templates - 1, 0, 0, []
-    for _ in range(frames):
-        if idx > n - 1:
-            step = -1
-        if idx < 1:
-            step = 1
-        idx += step
-        out.append(idx)
-    return out
-
-
 def spec_box(k: int, templates: int) -> tuple[int, int, int, int]:
     """SPEC §4 box rule from the demo's landmarks (float32 → int32 truncation)."""
     _, lms = demo.render(k, templates)
@@ -280,7 +268,7 @@ def test_silent_pipeline_returns_the_templates(avatar):
     gen = Generator(avatar, blend="hard")
     silence = np.zeros(int(5.2 * 16000), np.float32)
     total = gen.frame_count(silence)
-    order = spec_order(len(avatar), total)
+    order = reference_order(len(avatar), total)
     checked = 0
     for start, count in ((0, 4), (121, 5)):        # the start and the ping-pong turn (124 → 123)
         for j, out in enumerate(gen.frames(silence, start=start, count=count), start):
@@ -313,7 +301,7 @@ def test_pipeline_mouth_follows_the_voice(avatar, clip):
     wav, rms, _ = clip
     gen = Generator(avatar, blend="hard")
     total = gen.frame_count(wav)
-    order = spec_order(len(avatar), total)
+    order = reference_order(len(avatar), total)
     means, loudness = [], []
     for start in np.linspace(0, total - 10, 4).astype(int):   # 4 chunks of 10 frames across the clip
         for j, frame in enumerate(gen.frames(wav, start=int(start), count=10), int(start)):

@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Type
+
+from .errors import FastgenError, InputError
 
 
 def _umask() -> int:
@@ -50,3 +54,24 @@ def swap_into_place(tmp: Path, dest: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def building_dir(dest: Path, error: Type[FastgenError], what: str) -> Iterator[Path]:
+    """``with building_dir(dest, AvatarError, "the pack") as tmp:`` fill ``tmp``; on success it
+    replaces ``dest``; on any failure ``tmp`` is removed and ``dest`` is left as it was (an
+    ``OSError`` becomes ``error`` with a one-line message naming ``dest``)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir_for(dest)
+    except OSError as exc:
+        raise InputError(f"{dest}: cannot create {what} ({exc.strerror or exc})") from None
+    try:
+        yield tmp
+        swap_into_place(tmp, dest)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise error(f"{dest}: cannot write {what} ({exc.strerror or exc})") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

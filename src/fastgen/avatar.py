@@ -49,7 +49,7 @@ import numpy as np
 import simplejpeg
 
 from .errors import AvatarError, InputError
-from .atomic import swap_into_place, temp_dir_for
+from .atomic import building_dir
 from .image import CROP_SIZE, resize_bicubic
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -760,12 +760,7 @@ def write_pack(dest: PathLike, templates: Iterable[PackTemplate], *, count: int,
         is_pack = dest.is_dir() and (dest / MANIFEST).is_file() and _manifest_format(dest) == PACK_FORMAT
         if not is_pack and not (dest.is_dir() and not any(dest.iterdir())):
             raise InputError(f"{dest}: exists and is not a fastgen avatar pack; choose another output")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_for(dest)
-    except OSError as exc:
-        raise InputError(f"{dest}: cannot create the pack ({exc.strerror or exc})") from None
-    try:
+    with building_dir(dest, AvatarError, "the pack") as tmp:
         files, index = _write_templates(tmp, templates, count, frame_size, workers)
         model_paths, model_facts = {}, {"mode": mode, "synthetic": False}
         for kind, model in (("generator", generator), ("audio_encoder", audio_encoder)):
@@ -795,13 +790,6 @@ def write_pack(dest: PathLike, templates: Iterable[PackTemplate], *, count: int,
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.write("\n")
-        swap_into_place(tmp, dest)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise AvatarError(f"{dest}: cannot write the pack ({exc.strerror or exc})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

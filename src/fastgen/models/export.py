@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import InputError, ModelError
-from ..atomic import swap_into_place, temp_dir_for
+from ..atomic import building_dir
 from .checkpoint import load_checkpoint
 from .graphs import AUDIO_SHAPES, EMB_SIZE, IMAGE_SHAPE, MEL_SHAPE, MODES, OUTPUT_SHAPE
 from .graphs import build_audio_encoder, build_generator
@@ -82,12 +81,7 @@ def export_models(generator: str | Path, output: str | Path, audio_encoder: str 
         raise InputError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise InputError(f"{out}: directory is not empty and holds no fastgen export; choose another")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_for(out)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
-    try:
+    with building_dir(out, ModelError, "the export") as tmp:
         sources = {"generator": generator, "audio_encoder": audio_encoder}
         manifest = {"format": MANIFEST_FORMAT, "fastgen_version": __version__, "mode": mode,
                     "synthetic": False, "sources": {}, "files": {}}
@@ -102,13 +96,6 @@ def export_models(generator: str | Path, output: str | Path, audio_encoder: str 
             manifest["files"][_FILES[kind]] = {"kind": kind, "sha256": sha256_file(target),
                                                "bytes": target.stat().st_size, **_io_shapes(kind, mode)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        swap_into_place(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
