@@ -72,10 +72,10 @@ def choose_config(cores: int, dynamic_batch: bool, *, sessions=None, threads=Non
     is the default (it keeps peak RSS under 600 MB); ``sessions=`` trades memory for that 2 %.
     One post-processing worker per session: its ~5 ms per frame fits beside ~70 ms of inference.
     """
-    n = int(sessions) if sessions else 1
-    t = int(threads) if threads else max(1, cores // n)
-    b = int(batch) if batch else 1
-    w = int(workers) if workers else n
+    n = int(sessions) if sessions is not None else 1
+    t = int(threads) if threads is not None else max(1, cores // max(n, 1))
+    b = int(batch) if batch is not None else 1
+    w = int(workers) if workers is not None else n
     if n < 1 or t < 1 or b < 1 or w < 1:
         raise InputError(f"sessions, threads, batch and workers must be >= 1 (got {n}, {t}, {b}, {w})")
     if b > 1 and not dynamic_batch:
