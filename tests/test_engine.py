@@ -216,6 +216,13 @@ def test_jpeg_directory_output(gen_hard, tmp_path):
     again = simplejpeg.encode_jpeg(ref, quality=95, colorspace="BGR", colorsubsampling="420")
     np.testing.assert_array_equal(first, simplejpeg.decode_jpeg(again, colorspace="BGR"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+    gen_hard.render(wav, out, count=2)            # an earlier frames folder is replaced
+    assert sorted(p.name for p in out.iterdir()) == ["frame_00001.jpg", "frame_00002.jpg"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="other than frame_"):   # never delete a user's folder
+        gen_hard.render(wav, tmp_path / "mine", count=2)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_mp4_output_has_video_and_audio(gen_hard, tmp_path):

@@ -46,6 +46,11 @@ def render(gen, wav: np.ndarray, output: Path, *, count: Optional[int], jpeg_qua
     if output.exists() and (is_mp4 == output.is_dir()):
         kind = "directory" if output.is_dir() else "file"
         raise InputError(f"{output}: exists and is a {kind}; choose another output name")
+    if output.is_dir() and any(not (p.name.startswith("frame_") and p.suffix == ".jpg")
+                               for p in output.iterdir()):
+        # replacing a folder deletes it: only ever replace an earlier frames folder
+        raise InputError(f"{output}: exists and holds files other than frame_*.jpg; "
+                         "choose another output name")
     total = gen.frame_count(wav) if count is None else min(int(count), gen.frame_count(wav))
     tmp = temp_dir_for(output) if not is_mp4 else temp_file_for(output)
     t0 = time.perf_counter()
