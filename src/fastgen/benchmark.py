@@ -69,7 +69,7 @@ def _baseline_fps(gen: Generator, wav: np.ndarray, frames: int) -> float:
 
     av = gen.avatar
     model = load_model(av.generator_path, "generator", threads=default_threads(), spin=True)
-    feats = gen.features(wav, count=frames)
+    rows = gen._feature_rows(wav, 0, frames)
     order = av.order(frames)
     inp = np.empty((1, 6, 320, 320), np.float32)
     aud = np.empty((1, *gen.audio_shape), np.float32)
@@ -80,7 +80,7 @@ def _baseline_fps(gen: Generator, wav: np.ndarray, frames: int) -> float:
         x0, y0, x1, y1 = av.box(k)
         crop = _image.resize_bicubic(frame[y0:y1, x0:x1], 328, 328)
         _image.to_generator_input(crop[4:324, 4:324], inp[0])
-        gen.audio_window(feats, j, aud[0])
+        rows.window(j, aud[0])
         pred = model.run({"input": inp, "audio": aud})
         _image.from_generator_output(pred[0], crop[4:324, 4:324])
         _image.composite_patch(frame, crop, (x0, y0, x1, y1), feather=gen.feather)

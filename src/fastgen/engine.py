@@ -183,15 +183,6 @@ class Generator:
             raise InputError(f"count must be >= 0, got {count}")
         return min(start, total), max(hi, min(start, total))
 
-    def audio_window(self, feats: np.ndarray, j: int, out: np.ndarray) -> None:
-        """Frame j's audio tensor: rows F[j-8 : j+8], zero outside [0, len(F)) (SPEC 3.3)."""
-        flat = out.reshape(2 * FEATURE_CONTEXT, -1)
-        lo, hi = j - FEATURE_CONTEXT, j + FEATURE_CONTEXT
-        a, b = max(lo, 0), min(hi, len(feats))
-        flat[: a - lo] = 0
-        flat[a - lo: b - lo] = feats[a:b]
-        flat[b - lo:] = 0
-
     # ------------------------------------------------------------------ frames
 
     def frame_count(self, audio: AudioLike) -> int:

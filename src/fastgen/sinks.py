@@ -51,14 +51,14 @@ def render(gen, wav: np.ndarray, output: Path, *, count: Optional[int], jpeg_qua
         # replacing a folder deletes it: only ever replace an earlier frames folder
         raise InputError(f"{output}: exists and holds files other than frame_*.jpg; "
                          "choose another output name")
-    total = gen.frame_count(wav) if count is None else min(int(count), gen.frame_count(wav))
+    rows = gen._feature_rows(wav, 0, count)      # mel once; frames [rows.lo, rows.hi)
     tmp = temp_dir_for(output) if not is_mp4 else temp_file_for(output)
     t0 = time.perf_counter()
     try:
         if is_mp4:
-            n = _write_mp4(gen, wav, tmp, total, progress)
+            n = _write_mp4(gen, wav, rows, tmp, progress)
         else:
-            n = _write_jpegs(gen, wav, tmp, total, jpeg_quality, progress)
+            n = _write_jpegs(gen, rows, tmp, jpeg_quality, progress)
         swap_into_place(tmp, output)
     finally:
         if tmp.is_dir():
@@ -70,17 +70,17 @@ def render(gen, wav: np.ndarray, output: Path, *, count: Optional[int], jpeg_qua
             "output": str(output)}
 
 
-def _write_jpegs(gen, wav, tmp: Path, total: int, quality: int, progress) -> int:
-    n = 0
+def _write_jpegs(gen, rows, tmp: Path, quality: int, progress) -> int:
+    n, total = 0, rows.hi - rows.lo
     # JPEG encoding runs in the engine's post-processing workers, off the caller's thread
-    for n, data in enumerate(gen._run(wav, start=0, count=total, post=_encode_jpeg(quality)), 1):
+    for n, data in enumerate(gen._pipeline(rows, range(rows.lo, rows.hi), _encode_jpeg(quality)), 1):
         (tmp / f"frame_{n:05d}.jpg").write_bytes(data)
         if progress:
             progress(n, total)
     return n
 
 
-def _write_mp4(gen, wav, tmp: Path, total: int, progress) -> int:
+def _write_mp4(gen, wav, rows, tmp: Path, progress) -> int:
     import av
 
     w, h = gen.avatar.frame_size
@@ -93,7 +93,8 @@ def _write_mp4(gen, wav, tmp: Path, total: int, progress) -> int:
         video.options = {"crf": "18", "preset": "veryfast"}
         sound = container.add_stream("aac", rate=SAMPLE_RATE)
         sound.layout = "mono"
-        for n, frame in enumerate(gen._run(wav, start=0, count=total, post=None), 1):
+        total = rows.hi - rows.lo
+        for n, frame in enumerate(gen._pipeline(rows, range(rows.lo, rows.hi), None), 1):
             if frame.shape[1] != video.width or frame.shape[0] != video.height:
                 frame = np.pad(frame, ((0, video.height - h), (0, video.width - w), (0, 0)), mode="edge")
             vf = av.VideoFrame.from_ndarray(frame, format="bgr24")
