@@ -311,3 +311,46 @@ def test_ctrl_c_leaves_nothing(dataset, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
+
+
+# ---------------------------------------------------------------- fastgen bench yardsticks
+
+
+def test_bench_baselines_render_the_same_frames(dataset, gen_hard):
+    """Both baselines must compute the real thing, or their fps figures compare nothing."""
+    from fastgen.benchmark import _ort_default_session, _sequential_kernels_fps, _straightforward_fps
+    from fastgen.runtime import load_model
+
+    wav = speech_like(1.0)
+    want = list(gen_hard.frames(wav, count=6))
+    got_kernels, got_cv = [], []
+    model = load_model(gen_hard.avatar.generator_path, "generator", threads=2)
+    _sequential_kernels_fps(gen_hard, wav, 6, model, emit=lambda f: got_kernels.append(f.copy()))
+    assert len(got_kernels) == 6
+    for a, b in zip(got_kernels, want):   # same kernels, same model: identical
+        assert np.array_equal(a, b)
+    session = _ort_default_session(gen_hard.avatar.generator_path)
+    _straightforward_fps(gen_hard, wav, 6, session, emit=lambda f: got_cv.append(f.copy()))
+    assert len(got_cv) == 6
+    for a, b in zip(got_cv, want):        # all-OpenCV tolerance of test_frames_close_to_all_opencv_reference
+        d = np.abs(a.astype(np.int16) - b)
+        assert d.mean() <= 0.1 and (d > 2).mean() < 1e-3 and d.max() <= 8
+
+
+def test_bench_report(dataset, gen_hard):
+    from fastgen.benchmark import run_bench
+
+    report = run_bench(gen_hard.avatar, speech_like(1.0), frames=5, baseline_frames=3, model_frames=2,
+                       rounds=2, threads=2)
+    for key in ("model_fps", "pipeline_fps", "baseline_fps", "first_frame_s", "peak_rss_mb"):
+        assert report[key] > 0, key
+    assert report["frames"] == 5 and report["rounds"] == 2
+    assert report["baseline_impl"] == "straightforward_opencv"     # OpenCV is a test dependency
+    assert set(report["baselines"]) == {"sequential_kernels", "straightforward_opencv"}
+    assert "ort_defaults_batch1" in report["model_runs"]
+    assert report["model_fps"] == max(report["model_runs"].values())
+    assert all(len(s["runs"]) == 2 and s["min"] <= s["median"] <= s["max"] for s in report["runs"].values())
+    assert report["pipeline_vs_model"] == round(report["pipeline_fps"] / report["model_fps"], 3)
+    assert report["config"]["threads"] == 2
+    with pytest.raises(InputError, match="rounds"):
+        run_bench(gen_hard.avatar, speech_like(1.0), frames=5, rounds=0)

@@ -97,15 +97,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import run_bench
 
     log = None if (args.json or args.quiet) else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-    report = run_bench(args.avatar, args.audio, frames=args.frames, threads=args.threads,
-                       batch=args.batch, workers=args.workers, sessions=args.sessions, log=log)
+    report = run_bench(args.avatar, args.audio, frames=args.frames, rounds=args.rounds,
+                       threads=args.threads, batch=args.batch, workers=args.workers,
+                       sessions=args.sessions, log=log)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         print(f"model-only {report['model_fps']:.2f} fps | pipeline {report['pipeline_fps']:.2f} fps "
               f"({report['pipeline_vs_model']:.2f}x model, {report['pipeline_vs_baseline']:.2f}x baseline "
-              f"{report['baseline_fps']:.2f} fps) | first frame {report['first_frame_s']:.2f} s | "
-              f"peak RSS {report['peak_rss_mb']:.0f} MB | {report['frames']} frames"
+              f"{report['baseline_fps']:.2f} fps [{report['baseline_impl']}]; a pipeline at the model "
+              f"ceiling would be {report['ceiling_vs_baseline']:.2f}x) | first frame "
+              f"{report['first_frame_s']:.2f} s | peak RSS {report['peak_rss_mb']:.0f} MB | "
+              f"{report['frames']} frames, median of {report['rounds']} rounds"
               + (" [synthetic weights]" if report["synthetic_weights"] else ""))
     return 0
 
@@ -239,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure model-only, pipeline and baseline FPS in one run")
     _add_engine_options(p)
     p.add_argument("--frames", type=int, default=250)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved repeats of every measurement; medians are reported")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
 

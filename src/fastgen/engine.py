@@ -57,20 +57,22 @@ def choose_config(cores: int, dynamic_batch: bool, *, sessions=None, threads=Non
                   workers=None) -> tuple:
     """(sessions, threads per session, batch, workers) for this machine, unless given.
 
-    Heuristic from ``fastgen bench`` on a 2-core EPYC (1280x720 demo, JPEG output):
+    Heuristic from ``fastgen bench`` on a 2-core AVX-512 EPYC (1280x720 demo, JPEG output,
+    medians of 3 interleaved rounds, 2026-12-01):
 
     ====================================  =========  ===============  ============
     generator configuration               model fps  pipeline fps     peak RSS
     ====================================  =========  ===============  ============
-    1 session x 2 threads, batch 1        14.2       13.5             545 MB
-    2 sessions x 1 thread, batch 1        14.4       13.8             790 MB
-    1 session x 2 threads, batch 4        13.3       12.9             > 1 GB
+    1 session x 2 threads, batch 1        25.4       23.1             510 MB
+    2 sessions x 1 thread, batch 1        24.2-25.4  22.4             790-810 MB
+    1 session x 2 threads, batch 4        22.8       -                > 1 GB
     ====================================  =========  ===============  ============
 
     Batches bring nothing on CPU and cost latency and memory, so batch 1.  Two single-thread
-    sessions are ~2 % faster but each holds its own activations, so one session with every core
-    is the default (it keeps peak RSS under 600 MB); ``sessions=`` trades memory for that 2 %.
-    One post-processing worker per session: its ~5 ms per frame fits beside ~70 ms of inference.
+    sessions are no faster within this machine's noise and each holds its own ~200 MB of
+    activations (the 128-channel 320x320 decoder stage), so one session with every core is the
+    default; ``sessions=`` is there for machines with memory to spare.  One post-processing
+    worker per session: its ~3 ms per frame fits beside ~40 ms of inference.
     """
     n = int(sessions) if sessions is not None else 1
     t = int(threads) if threads is not None else max(1, cores // max(n, 1))
