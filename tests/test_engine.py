@@ -313,6 +313,20 @@ def test_ctrl_c_leaves_nothing(dataset, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.wav"]
 
 
+def test_ctrl_c_swallowed_by_a_library_still_stops_the_run():
+    before = signal.getsignal(signal.SIGINT)
+    with cli._ctrl_c_checkpoint() as check:
+        check()                                   # nothing pressed yet
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)                         # the handler runs at the next bytecode
+        except KeyboardInterrupt:
+            pass                                  # what a careless library might do
+        with pytest.raises(KeyboardInterrupt):
+            check()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 # ---------------------------------------------------------------- fastgen bench yardsticks
 
 

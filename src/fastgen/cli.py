@@ -6,8 +6,11 @@ and exits non-zero, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from . import __version__
 from .errors import FastgenError
@@ -65,6 +68,34 @@ def _progress(args: argparse.Namespace):
     return update, bar.close
 
 
+@contextlib.contextmanager
+def _ctrl_c_checkpoint():
+    """Yields ``check()``, which raises KeyboardInterrupt once Ctrl-C has been pressed.
+
+    The usual KeyboardInterrupt still fires at once; the render loop also calls ``check()`` after
+    every frame, so an interrupt swallowed inside a library call (one Ctrl-C was lost once in
+    the test suite, never reproduced) still stops the run at the next frame.
+    """
+    pressed = threading.Event()
+
+    def on_sigint(signum, frame):
+        pressed.set()
+        raise KeyboardInterrupt
+
+    def check() -> None:
+        if pressed.is_set():
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check                     # signals only reach the main thread: nothing to watch
+        return
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import demo
     from .avatar import Avatar
@@ -79,11 +110,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend=args.blend,
                     sessions=args.sessions)
     update, close = _progress(args)
-    try:
-        summary = gen.render(audio, output, count=args.frames, jpeg_quality=args.jpeg_quality,
-                             progress=update)
-    finally:
-        close()
+    with _ctrl_c_checkpoint() as check:
+        def progress(done: int, total: int) -> None:
+            check()
+            if update:
+                update(done, total)
+
+        try:
+            summary = gen.render(audio, output, count=args.frames, jpeg_quality=args.jpeg_quality,
+                                 progress=progress)
+        finally:
+            close()
     label = f" [{avatar.weights_label}]" if getattr(avatar, "weights_label", None) else (
         " [synthetic weights]" if gen.synthetic else "")
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps) "
