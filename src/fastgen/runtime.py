@@ -88,7 +88,7 @@ def load_model(path: str | os.PathLike, kind: str, *, threads: int = 1,
     dynamic blocks (``dynamic_block_base``) so a worker preempted by post-processing does not
     hold the other at the barrier.  Measured on the 1280x720 demo (2 cores, 4 interleaved
     rounds, medians): pipeline 22.9 fps this way, 22.3 with no spinning, 22.3 with ORT's
-    default spinning.  ``spin=False`` never busy-waits: ~6 % slower alone, for hosts where
+    default spinning.  ``spin=False`` never busy-waits: 5-10 % slower alone, for hosts where
     other processes need the cores.
     """
     import onnxruntime as ort
