@@ -56,22 +56,60 @@ def swap_into_place(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _cannot(dest: Path, what: str, exc: OSError, verb: str = "write") -> str:
+    return f"{dest}: cannot {verb} {what} ({exc.strerror or exc})"
+
+
 @contextmanager
-def building_dir(dest: Path, error: Type[FastgenError], what: str) -> Iterator[Path]:
+def building_dir(dest: Path, error: Type[FastgenError], what: str, *,
+                 keep_existing: bool = False) -> Iterator[Path]:
     """``with building_dir(dest, AvatarError, "the pack") as tmp:`` fill ``tmp``; on success it
     replaces ``dest``; on any failure ``tmp`` is removed and ``dest`` is left as it was (an
-    ``OSError`` becomes ``error`` with a one-line message naming ``dest``)."""
+    ``OSError`` becomes ``error`` with a one-line message naming ``dest``, never the temporary name).
+
+    ``keep_existing=True``: if ``dest`` exists when ``tmp`` is complete (another process built it
+    meanwhile), the first one wins: ``tmp`` is discarded and ``dest`` never vanishes, not even
+    for an instant.
+    """
+    dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir_for(dest)
     except OSError as exc:
-        raise InputError(f"{dest}: cannot create {what} ({exc.strerror or exc})") from None
+        raise InputError(_cannot(dest, what, exc, "create")) from None
     try:
         yield tmp
-        swap_into_place(tmp, dest)
+        if keep_existing:
+            try:
+                os.rename(tmp, dest)     # fails if dest appeared meanwhile: theirs is kept
+            except OSError:
+                if not dest.is_dir():
+                    raise
+        else:
+            swap_into_place(tmp, dest)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise error(f"{dest}: cannot write {what} ({exc.strerror or exc})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise error(_cannot(dest, what, exc)) from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def building_file(dest: Path, error: Type[FastgenError], what: str) -> Iterator[Path]:
+    """``with building_file(dest, ModelError, "the model") as tmp:`` write ``tmp`` (a fresh
+    name beside ``dest`` with ``dest``'s suffix and a umask mode); on success it atomically
+    replaces ``dest``; on any failure it is removed.  ``OSError`` becomes ``error`` naming ``dest``."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_file_for(dest)
+    except OSError as exc:
+        raise InputError(_cannot(dest, what, exc, "create")) from None
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise error(_cannot(dest, what, exc)) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,4 +1,4 @@
-"""Audio front end (SPEC section 2): load, log-mel, and the audio-encoder windows.
+"""Audio front end (docs/semantics.md §1-§2): load, log-mel, and the audio-encoder windows.
 
 The heavy part, :func:`log_mel`, is one GIL-free kernel (``fastgen._ext.mel``); this module
 validates inputs, owns the constants and builds the Slaney mel basis once.
@@ -13,17 +13,13 @@ import numpy as np
 
 from ._ext import mel as _mel
 from .errors import InputError
+from .timing import FPS, HOP, MEL_PER_SECOND, SAMPLE_RATE, WINDOW_FRAMES, window_start
 
-SAMPLE_RATE = 16000
 N_FFT = 800
-HOP = 200
 N_MELS = 80
 FMIN = 55.0
 FMAX = 7600.0
 PREEMPHASIS = 0.97
-WINDOW_FRAMES = 16     # mel frames per audio-encoder window
-FPS = 25
-MEL_PER_SECOND = 80    # SAMPLE_RATE / HOP
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -130,12 +126,12 @@ def _as_signal(wav: np.ndarray, name: str = "wav") -> np.ndarray:
 
 def _reflect(pad_mode: str) -> bool:
     if pad_mode not in ("constant", "reflect"):
-        raise ValueError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
+        raise InputError(f"pad_mode must be 'constant' or 'reflect', got {pad_mode!r}")
     return pad_mode == "reflect"
 
 
 def log_mel(wav: np.ndarray, pad_mode: str = "constant") -> np.ndarray:
-    """Normalised log-mel spectrogram (T, 80) float32 of a 16 kHz signal, SPEC section 2.
+    """Normalised log-mel spectrogram (T, 80) float32 of a 16 kHz signal (docs/semantics.md §1).
 
     Pre-emphasis 0.97, centred STFT (n_fft 800, hop 200, periodic Hann), magnitude, Slaney mel
     (55-7600 Hz), ``20 log10(max(1e-5, .)) - 20``, then ``clip(8 (S + 100) / 100 - 4, -4, 4)``.
@@ -156,22 +152,21 @@ def stft_magnitude(wav: np.ndarray, n_fft: int = N_FFT, hop: int = HOP, pad_mode
     reflect = _reflect(pad_mode)
     sig = _as_signal(wav)
     if n_fft < 2 or n_fft % 2:
-        raise ValueError(f"n_fft must be an even number >= 2, got {n_fft}")
+        raise InputError(f"n_fft must be an even number >= 2, got {n_fft}")
     out = np.empty((_mel.frame_count(sig.shape[0], hop), n_fft // 2 + 1), dtype=np.float32)
     _mel.stft_magnitude(sig, n_fft, hop, reflect, preemphasis, out)
     return out
 
 
 def window_count(n_mel_frames: int) -> int:
-    """Number of audio-encoder windows N for T mel frames (SPEC section 2)."""
+    """Number of audio-encoder windows N for T mel frames (docs/semantics.md §2)."""
     return int((n_mel_frames - WINDOW_FRAMES) / MEL_PER_SECOND * FPS) + 2
 
 
 def window_starts(n_mel_frames: int) -> np.ndarray:
-    """First mel frame of each encoder window (SPEC section 2), int64 (N,)."""
-    n = window_count(n_mel_frames)
-    starts = np.array([int(MEL_PER_SECOND * (i / FPS)) for i in range(n)], dtype=np.int64)
-    return np.minimum(starts, n_mel_frames - WINDOW_FRAMES)
+    """First mel frame of each encoder window (docs/semantics.md §2), int64 (N,)."""
+    return np.array([window_start(i, n_mel_frames) for i in range(window_count(n_mel_frames))],
+                    dtype=np.int64)
 
 
 def mel_windows(mel: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from . import __version__
+from ._version import __version__
 from .errors import FastgenError
 
 
@@ -73,8 +73,13 @@ def _ctrl_c_checkpoint():
     """Yields ``check()``, which raises KeyboardInterrupt once Ctrl-C has been pressed.
 
     The usual KeyboardInterrupt still fires at once; the render loop also calls ``check()`` after
-    every frame, so an interrupt swallowed inside a library call (one Ctrl-C was lost once in
-    the test suite, never reproduced) still stops the run at the next frame.
+    every frame, so an interrupt that a library call caught still stops the run at the next frame.
+
+    A process that inherited SIGINT as *ignored* (a job a non-interactive shell started with
+    ``&``) keeps ignoring it, as POSIX shells and CPython intend: Python installs its
+    KeyboardInterrupt handler only when SIGINT is at its default, and so do we.  That inherited
+    disposition was why one test run once "lost" a Ctrl-C: the suite had been started in the
+    background, so the ``fastgen run`` child ignored the signal the test sent.
     """
     pressed = threading.Event()
 
@@ -86,8 +91,10 @@ def _ctrl_c_checkpoint():
         if pressed.is_set():
             raise KeyboardInterrupt
 
-    if threading.current_thread() is not threading.main_thread():
-        yield check                     # signals only reach the main thread: nothing to watch
+    # signals only reach the main thread; an ignored or custom SIGINT is the caller's choice
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield check
         return
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -121,8 +128,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                  progress=progress)
         finally:
             close()
-    label = f" [{avatar.weights_label}]" if getattr(avatar, "weights_label", None) else (
-        " [synthetic weights]" if gen.synthetic else "")
+    label = f" [{gen.weights_label}]" if gen.weights_label else ""
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps) "
           f"-> {summary['output']}{label}")
     return 0
@@ -131,7 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from .benchmark import run_bench
+    from .benchmarks import run_bench
 
     log = None if (args.json or args.quiet) else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
     report = run_bench(args.avatar, args.audio, frames=args.frames, rounds=args.rounds,
@@ -168,9 +174,10 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import demo
-    from .audio import SAMPLE_RATE, load_audio
+    from .audio import load_audio
     from .avatar import Avatar
     from .engine import Generator
+    from .timing import FPS, SAMPLE_RATE
 
     avatar = Avatar.open(args.avatar) if args.avatar else demo.avatar()
     wav = load_audio(args.audio) if args.audio else demo.audio()
@@ -209,7 +216,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
 
     report = {
         "frames": frames, "audio_s": round(len(wav) / SAMPLE_RATE, 2), "wall_s": round(wall, 2),
-        "fps": round(frames / wall, 2), "real_time_factor": round(frames / wall / 25, 3),
+        "fps": round(frames / wall, 2), "real_time_factor": round(frames / wall / FPS, 3),
         "chunk_ms": args.chunk_ms, "realtime": bool(args.realtime),
         "latency_chunk_to_frame_s": {"median": pct(compute_lat, 50), "p95": pct(compute_lat, 95)},
         "latency_audio_to_frame_s": ({"median": pct(e2e_lat, 50), "p95": pct(e2e_lat, 95)}

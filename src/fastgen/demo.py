@@ -12,7 +12,6 @@ Public: :func:`avatar` -> :class:`fastgen.Avatar`, :func:`audio` -> float32 16 k
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import tempfile
 import threading
@@ -26,14 +25,15 @@ import simplejpeg
 from .avatar import (LANDMARK_POINTS, Avatar, PackTemplate, box_from_landmarks, default_cache_dir,
                      write_pack)
 from .errors import FastgenError
+from .models.known_answer import LABEL as KNOWN_ANSWER_LABEL
+from .timing import SAMPLE_RATE
 
 FRAME_W, FRAME_H = 1280, 720
 TEMPLATES = 125                 # 5 s of template video; ping-pong makes a 10 s cycle
 JPEG_QUALITY = 92
-SAMPLE_RATE = 16000
 DEMO_VERSION = 1                # bump when the drawing changes: names the cache entry
 DEMO_WEIGHTS = "known-answer-1"  # bump together with demo_weights(): names the cache entry
-WEIGHTS_LABEL = "known-answer demo weights"
+WEIGHTS_LABEL = KNOWN_ANSWER_LABEL
 
 
 def demo_weights():
@@ -207,25 +207,24 @@ def render_templates(count: int = TEMPLATES, quality: int = JPEG_QUALITY) -> Ite
         yield PackTemplate(jpeg, box_from_landmarks(lms.astype(np.int32)), f"demo template {k}")
 
 
-def build_pack(dest: Path, count: int = TEMPLATES) -> Path:
-    """Write the demo avatar pack (frames + known-answer models) to ``dest``."""
+def build_pack(dest: Path, count: int = TEMPLATES, *, keep_existing: bool = False) -> Path:
+    """Write the demo avatar pack (frames + known-answer models) to ``dest``.
+
+    ``keep_existing``: if another process finishes ``dest`` first, its pack is kept."""
     from .models import build_audio_encoder, build_generator
 
     def models():
         gen_w, enc_w = demo_weights()
-        built = build_generator(gen_w, "ave", source="demo"), build_audio_encoder(enc_w, source="demo")
-        for model in built:
-            model.metadata_props.add(key="fastgen.weights", value=WEIGHTS_LABEL)
-        return built
+        # known-answer weights label themselves in the model files (metadata "fastgen.weights")
+        return build_generator(gen_w, "ave", source="demo"), build_audio_encoder(enc_w, source="demo")
 
     # the weights take as long as the frames: compute them on the other core meanwhile
     with ThreadPoolExecutor(1, thread_name_prefix="fastgen-demo") as pool:
         built = pool.submit(models)
         return write_pack(dest, render_templates(count), count=count, frame_size=(FRAME_W, FRAME_H),
                           generator=lambda: built.result()[0], audio_encoder=lambda: built.result()[1],
-                          mode="ave", workers=1,
-                          source={"layout": "demo", "demo_version": DEMO_VERSION, "weights": DEMO_WEIGHTS,
-                                  "weights_label": WEIGHTS_LABEL})
+                          mode="ave", workers=1, keep_existing=keep_existing,
+                          source={"layout": "demo", "demo_version": DEMO_VERSION, "weights": DEMO_WEIGHTS})
 
 
 _lock = threading.Lock()
@@ -258,18 +257,12 @@ def avatar(cache_dir: Optional[Path] = None) -> Avatar:
         except FastgenError:
             opened, damaged = None, True
         if opened is None:
-            # build under a private name, then rename: when processes race, the first one wins and
-            # nobody ever sees a half-written or vanishing entry
-            staging = dest.with_name(f".{dest.name}.build-{os.getpid()}-{threading.get_ident()}")
-            build_pack(staging)
-            try:
-                if damaged:
-                    shutil.rmtree(dest, ignore_errors=True)
-                os.rename(staging, dest)
-            except OSError:
-                shutil.rmtree(staging, ignore_errors=True)
+            if damaged:
+                shutil.rmtree(dest, ignore_errors=True)
+            # built beside dest and renamed (fastgen.atomic): when processes race, the first one
+            # wins and nobody ever sees a half-written or vanishing entry
+            build_pack(dest, keep_existing=True)
             opened = Avatar.open(dest)
-        opened.weights_label = opened.source.get("weights_label", WEIGHTS_LABEL)  # for CLI output
         _opened[dest] = opened
         return opened
 

@@ -1,4 +1,4 @@
-"""Image kernels of the per-frame hot loop (SPEC sections 4 and 6).
+"""Image kernels of the per-frame hot loop (docs/semantics.md §5-§6).
 
 Public wrappers around ``fastgen._ext.image``: they check dtype, shape and strides (naming what
 they got), then call a GIL-free kernel.  Images are uint8 BGR ``(H, W, 3)`` with contiguous pixels;
@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ._ext import image as _image
+from .errors import InputError
 
 ROI_SIZE = 320
 CROP_SIZE = 328
@@ -32,15 +33,15 @@ def _check_image(name: str, arr: object, *, writable: bool = False,
     if arr.dtype != np.uint8:
         raise TypeError(f"{name} must be uint8, got {_describe(arr)}")
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"{name} must be (H, W, 3) BGR, got {_describe(arr)}")
+        raise InputError(f"{name} must be (H, W, 3) BGR, got {_describe(arr)}")
     if shape is not None and tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
+        raise InputError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
     pixel_stride_bad = arr.shape[1] > 1 and arr.strides[1] != 3
     row_stride_bad = arr.shape[0] > 1 and arr.strides[0] < 3 * arr.shape[1]
     if arr.size and (pixel_stride_bad or row_stride_bad or arr.strides[2] != 1):
-        raise ValueError(f"{name} needs contiguous pixels (strides (pitch, 3, 1)), got {_describe(arr)}")
+        raise InputError(f"{name} needs contiguous pixels (strides (pitch, 3, 1)), got {_describe(arr)}")
     if writable and not arr.flags.writeable:
-        raise ValueError(f"{name} is read-only")
+        raise InputError(f"{name} is read-only")
     return arr
 
 
@@ -50,16 +51,16 @@ def _check_float(name: str, arr: object, shape: Sequence[int], *, writable: bool
     if arr.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {_describe(arr)}")
     if tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
+        raise InputError(f"{name} must have shape {tuple(shape)}, got {_describe(arr)}")
     if not arr.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous, got {_describe(arr)}")
+        raise InputError(f"{name} must be C-contiguous, got {_describe(arr)}")
     if writable and not arr.flags.writeable:
-        raise ValueError(f"{name} is read-only")
+        raise InputError(f"{name} is read-only")
     return arr
 
 
 def to_generator_input(roi: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Write one BGR ROI as the generator's 6-channel input (SPEC section 4).
+    """Write one BGR ROI as the generator's 6-channel input (docs/semantics.md §5).
 
     ``out`` is a C-contiguous float32 ``(6, H, W)`` array — typically ``batch[i]`` of a reusable
     ``(B, 6, 320, 320)`` buffer — or ``(1, 6, H, W)``; channels ``[B, G, R, masked B, G, R]``
@@ -86,7 +87,7 @@ def from_generator_output(pred: np.ndarray, out: Optional[np.ndarray] = None) ->
         pred = pred[0]
     if not isinstance(pred, np.ndarray) or pred.ndim != 3 or pred.shape[0] != 3:
         got = _describe(pred) if isinstance(pred, np.ndarray) else type(pred).__name__
-        raise ValueError(f"pred must be (3, H, W) float32, got {got}")
+        raise InputError(f"pred must be (3, H, W) float32, got {got}")
     h, w = pred.shape[1:]
     _check_float("pred", pred, (3, h, w))
     if out is None:
@@ -105,12 +106,12 @@ def resize_bicubic(src: np.ndarray, width: int, height: int, out: Optional[np.nd
     src = _check_image("src", src)
     width, height = int(width), int(height)
     if width < 0 or height < 0:
-        raise ValueError(f"width and height must be >= 0, got {width}x{height}")
+        raise InputError(f"width and height must be >= 0, got {width}x{height}")
     if out is None:
         out = np.empty((height, width, 3), dtype=np.uint8)
     _check_image("out", out, writable=True, shape=(height, width, 3))
     if (src.shape[0] == 0 or src.shape[1] == 0) and out.size:
-        raise ValueError(f"src is empty ({_describe(src)}) but the target is {width}x{height}")
+        raise InputError(f"src is empty ({_describe(src)}) but the target is {width}x{height}")
     _image.resize_bicubic(src, out)
     return out
 
@@ -118,7 +119,7 @@ def resize_bicubic(src: np.ndarray, width: int, height: int, out: Optional[np.nd
 def composite_patch(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], feather: int = 0) -> np.ndarray:
     """Resize ``crop328`` to ``box = (x0, y0, x1, y1)`` and write it into ``frame`` in place.
 
-    ``feather=0`` is the reference's hard paste (SPEC section 6); ``feather > 0`` ramps the patch's
+    ``feather=0`` is the reference's hard paste (docs/semantics.md §6); ``feather > 0`` ramps the patch's
     alpha from the box edge inwards over that many pixels so no box edge is visible.  Only
     pixels inside the box are touched.  Returns ``frame``.
     """
@@ -127,12 +128,12 @@ def composite_patch(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], 
     try:
         x0, y0, x1, y1 = (int(v) for v in box)
     except (TypeError, ValueError):
-        raise ValueError(f"box must be four integers (x0, y0, x1, y1), got {box!r}") from None
+        raise InputError(f"box must be four integers (x0, y0, x1, y1), got {box!r}") from None
     h, w = frame.shape[:2]
     if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise ValueError(f"box {(x0, y0, x1, y1)} is empty or outside the {w}x{h} frame")
+        raise InputError(f"box {(x0, y0, x1, y1)} is empty or outside the {w}x{h} frame")
     feather = int(feather)
     if feather < 0:
-        raise ValueError(f"feather must be >= 0, got {feather}")
+        raise InputError(f"feather must be >= 0, got {feather}")
     _image.composite_patch(frame, crop328, x0, y0, x1, y1, feather)
     return frame

@@ -1,23 +1,29 @@
-"""Where frames go: a JPEG directory or an H.264 MP4 with the speech muxed in as AAC.
+"""Where frames go: sinks that consume any iterable of :class:`~fastgen.frame.Frame`.
 
-Both are written under a temporary name next to the output and renamed only when complete, so an
-interrupted or failed run never leaves a half file under the final name.
+- :class:`JpegDirectory`: ``frame_00001.jpg`` ... in a directory;
+- :class:`Mp4File`: H.264 video with the speech muxed in as AAC.
+
+Both are written under a temporary name next to the output and renamed only when complete
+(:mod:`fastgen.atomic`), so an interrupted or failed run never leaves a half file under the final
+name.  :func:`open_sink` picks one for an output path and checks the path before any work starts.
+Frames can come from :meth:`Generator.frames`, a :class:`~fastgen.stream.Stream`, or a caller's
+own post-processing of either.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .atomic import swap_into_place, temp_dir_for, temp_file_for
+from .atomic import building_dir, building_file
 from .errors import InputError
+from .frame import Frame
+from .timing import FPS, SAMPLE_RATE
 
-FPS = 25
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")
+Progress = Optional[Callable[[int, int], None]]
 
 
 def _check_parent(output: Path) -> None:
@@ -28,87 +34,90 @@ def _check_parent(output: Path) -> None:
         raise InputError(f"{output}: the folder {parent} is not writable")
 
 
-def _encode_jpeg(quality: int) -> Callable[[int, np.ndarray], bytes]:
-    import simplejpeg
+class JpegDirectory:
+    """Writes frames as ``frame_00001.jpg`` ... (quality ``quality``, 4:2:0) into ``path``.
 
-    def encode(j: int, frame: np.ndarray) -> bytes:
-        return simplejpeg.encode_jpeg(frame, quality=quality, colorspace="BGR", colorsubsampling="420")
+    An existing directory is replaced only if it holds nothing but earlier frames.
+    """
 
-    return encode
+    def __init__(self, path, quality: int = 95):
+        self.path = Path(path)
+        if not 1 <= int(quality) <= 100:
+            raise InputError(f"jpeg_quality must be 1..100, got {quality}")
+        self.quality = int(quality)
+        _check_parent(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path}: exists and is a file; choose another output name")
+        if self.path.is_dir() and any(not (p.name.startswith("frame_") and p.suffix == ".jpg")
+                                      for p in self.path.iterdir()):
+            # replacing a folder deletes it: only ever replace an earlier frames folder
+            raise InputError(f"{self.path}: exists and holds files other than frame_*.jpg; "
+                             "choose another output name")
 
+    @staticmethod
+    def encode_image(image: np.ndarray, quality: int = 95) -> bytes:
+        """One frame as the JPEG this sink writes (4:2:0, libjpeg-turbo via simplejpeg)."""
+        import simplejpeg
 
-def render(gen, wav: np.ndarray, output: Path, *, count: Optional[int], jpeg_quality: int,
-           progress: Optional[Callable[[int, int], None]]) -> dict:
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise InputError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
-    _check_parent(output)
-    is_mp4 = output.suffix.lower() in (".mp4", ".m4v", ".mov")
-    if output.exists() and (is_mp4 == output.is_dir()):
-        kind = "directory" if output.is_dir() else "file"
-        raise InputError(f"{output}: exists and is a {kind}; choose another output name")
-    if output.is_dir() and any(not (p.name.startswith("frame_") and p.suffix == ".jpg")
-                               for p in output.iterdir()):
-        # replacing a folder deletes it: only ever replace an earlier frames folder
-        raise InputError(f"{output}: exists and holds files other than frame_*.jpg; "
-                         "choose another output name")
-    rows = gen._feature_rows(wav, 0, count)      # mel once; frames [rows.lo, rows.hi)
-    tmp = temp_dir_for(output) if not is_mp4 else temp_file_for(output)
-    t0 = time.perf_counter()
-    try:
-        if is_mp4:
-            n = _write_mp4(gen, wav, rows, tmp, progress)
-        else:
-            n = _write_jpegs(gen, rows, tmp, jpeg_quality, progress)
-        swap_into_place(tmp, output)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-    seconds = time.perf_counter() - t0
-    return {"frames": n, "seconds": round(seconds, 3), "fps": round(n / seconds, 2) if seconds else 0.0,
-            "output": str(output)}
+        return simplejpeg.encode_jpeg(image, quality=quality, colorspace="BGR", colorsubsampling="420")
+
+    def write(self, frames: Iterable[Frame], *, total: Optional[int] = None, progress: Progress = None) -> int:
+        """Consume ``frames``; returns how many were written."""
+        n = 0
+        with building_dir(self.path, InputError, "the frames") as tmp:
+            for n, frame in enumerate(frames, 1):
+                (tmp / f"frame_{n:05d}.jpg").write_bytes(self.encode_image(frame.image, self.quality))
+                if progress:
+                    progress(n, total if total is not None else n)
+        return n
 
 
-def _write_jpegs(gen, rows, tmp: Path, quality: int, progress) -> int:
-    n, total = 0, rows.hi - rows.lo
-    # JPEG encoding runs in the engine's post-processing workers, off the caller's thread
-    for n, data in enumerate(gen._pipeline(rows, range(rows.lo, rows.hi), _encode_jpeg(quality)), 1):
-        (tmp / f"frame_{n:05d}.jpg").write_bytes(data)
-        if progress:
-            progress(n, total)
-    return n
+class Mp4File:
+    """Writes frames as H.264 (CRF 18, yuv420p) at 25 fps with ``audio`` muxed in as AAC.
 
+    ``audio`` is float32 16 kHz mono; the part that the written frames cover is muxed.
+    """
 
-def _write_mp4(gen, wav, rows, tmp: Path, progress) -> int:
-    import av
+    def __init__(self, path, audio: np.ndarray, frame_size: tuple[int, int]):
+        self.path = Path(path)
+        self.audio = audio
+        self.frame_size = tuple(frame_size)
+        _check_parent(self.path)
+        if self.path.is_dir():
+            raise InputError(f"{self.path}: exists and is a directory; choose another output name")
 
-    w, h = gen.avatar.frame_size
-    container = av.open(str(tmp), mode="w", format="mp4")
-    n = 0
-    try:
-        video = container.add_stream("libx264", rate=FPS)
-        video.width, video.height = w + (w & 1), h + (h & 1)   # yuv420p needs even sizes
-        video.pix_fmt = "yuv420p"
-        video.options = {"crf": "18", "preset": "veryfast"}
-        sound = container.add_stream("aac", rate=SAMPLE_RATE)
-        sound.layout = "mono"
-        total = rows.hi - rows.lo
-        for n, frame in enumerate(gen._pipeline(rows, range(rows.lo, rows.hi), None), 1):
-            if frame.shape[1] != video.width or frame.shape[0] != video.height:
-                frame = np.pad(frame, ((0, video.height - h), (0, video.width - w), (0, 0)), mode="edge")
-            vf = av.VideoFrame.from_ndarray(frame, format="bgr24")
-            vf.pts = n - 1
-            for packet in video.encode(vf):
-                container.mux(packet)
-            if progress:
-                progress(n, total)
-        for packet in video.encode():
-            container.mux(packet)
-        _mux_audio(container, sound, wav[: int(round(n * SAMPLE_RATE / FPS))])
-    finally:
-        container.close()
-    return n
+    def write(self, frames: Iterable[Frame], *, total: Optional[int] = None, progress: Progress = None) -> int:
+        """Consume ``frames``; returns how many were written."""
+        import av
+
+        w, h = self.frame_size
+        n = 0
+        with building_file(self.path, InputError, "the video") as tmp:
+            container = av.open(str(tmp), mode="w", format="mp4")
+            try:
+                video = container.add_stream("libx264", rate=FPS)
+                video.width, video.height = w + (w & 1), h + (h & 1)   # yuv420p needs even sizes
+                video.pix_fmt = "yuv420p"
+                video.options = {"crf": "18", "preset": "veryfast"}
+                sound = container.add_stream("aac", rate=SAMPLE_RATE)
+                sound.layout = "mono"
+                for n, frame in enumerate(frames, 1):
+                    image = frame.image
+                    if image.shape[1] != video.width or image.shape[0] != video.height:
+                        image = np.pad(image, ((0, video.height - h), (0, video.width - w), (0, 0)),
+                                       mode="edge")
+                    vf = av.VideoFrame.from_ndarray(image, format="bgr24")
+                    vf.pts = n - 1
+                    for packet in video.encode(vf):
+                        container.mux(packet)
+                    if progress:
+                        progress(n, total if total is not None else n)
+                for packet in video.encode():
+                    container.mux(packet)
+                _mux_audio(container, sound, self.audio[: int(round(n * SAMPLE_RATE / FPS))])
+            finally:
+                container.close()
+        return n
 
 
 def _mux_audio(container, stream, wav: np.ndarray) -> None:
@@ -126,3 +135,15 @@ def _mux_audio(container, stream, wav: np.ndarray) -> None:
             container.mux(packet)
     for packet in stream.encode():
         container.mux(packet)
+
+
+def open_sink(output: Path, *, jpeg_quality: int = 95, audio: Optional[np.ndarray] = None,
+              frame_size: tuple[int, int] = (0, 0)):
+    """The sink for ``output``: an :class:`Mp4File` for ``.mp4/.m4v/.mov``, else a
+    :class:`JpegDirectory`.  Checks the path (and the quality) before anything is rendered."""
+    output = Path(output)
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise InputError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
+    if output.suffix.lower() in VIDEO_SUFFIXES:
+        return Mp4File(output, audio if audio is not None else np.zeros(0, np.float32), frame_size)
+    return JpegDirectory(output, jpeg_quality)

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import onnx
 
 from ..errors import InputError, ModelError
-from ..atomic import building_dir
+from ..atomic import building_dir, building_file
 from .checkpoint import load_checkpoint
 from .graphs import AUDIO_SHAPES, EMB_SIZE, IMAGE_SHAPE, MEL_SHAPE, MODES, OUTPUT_SHAPE
 from .graphs import build_audio_encoder, build_generator
@@ -72,7 +70,7 @@ def export_models(generator: str | Path, output: str | Path, audio_encoder: str 
     temporary directory next to ``output`` and renamed into place; on failure ``output`` is left
     as it was (absent, or the previous export).
     """
-    from .. import __version__
+    from .._version import __version__
 
     if mode not in MODES:
         raise InputError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
@@ -115,16 +113,6 @@ def ensure_onnx(path: str | Path, kind: str, cache_dir: str | Path, mode: str = 
     cached = Path(cache_dir) / f"{kind}{suffix}-{sha256_file(path)[:16]}.onnx"
     if not cached.is_file():
         model, _ = build_model(path, kind, mode)
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=cached.parent)
-            os.close(fd)
-            try:
-                onnx.save(model, tmp)
-                os.replace(tmp, cached)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        except OSError as exc:
-            raise ModelError(f"{cached}: cannot write the converted model ({exc.strerror or exc})") from None
+        with building_file(cached, ModelError, "the converted model") as tmp:
+            onnx.save(model, str(tmp))
     return cached, inspect(cached, expect=kind)

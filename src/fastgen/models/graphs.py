@@ -14,13 +14,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 
 OPSET = 17
 IR_VERSION = 8  # opset 17 needs IR >= 8; keeping it minimal lets older onnxruntime load our files
 BN_EPS = 1e-5
 MODES = ("ave", "hubert", "wenet")
 AUDIO_SHAPES = {"ave": (32, 16, 16), "hubert": (32, 32, 32), "wenet": (256, 16, 32)}
+ENCODER_PREFIX = "audio_encoder."
 IMAGE_SHAPE, OUTPUT_SHAPE, MEL_SHAPE, EMB_SIZE = (6, 320, 320), (3, 320, 320), (1, 80, 16), 512
 # Top-level modules of the generator in registration order = the order of its state-dict keys.
 GENERATOR_MODULES = ("audio_model", "fuse_conv", "inc", "down1", "down2", "down3", "down4",
@@ -249,11 +250,14 @@ def _hint(weights: Mapping[str, np.ndarray], what: str) -> str:
     return ""
 
 
-def strip_module_prefix(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop the ``module.`` prefix DataParallel adds to every key (only if all keys have it)."""
-    if weights and all(k.startswith("module.") for k in weights):
-        return {k[len("module."):]: v for k, v in weights.items()}
-    return dict(weights)
+def strip_module_prefix(weights: Mapping[str, np.ndarray], *prefixes: str) -> dict[str, np.ndarray]:
+    """Drop the ``module.`` prefix DataParallel adds to every key, then each of ``prefixes``
+    (each only if every key has it)."""
+    out = dict(weights)
+    for prefix in ("module.", *prefixes):
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
 
 
 def _model(ops: OnnxOps, inputs, outputs, name: str, metadata: Mapping[str, str]) -> onnx.ModelProto:
@@ -269,12 +273,15 @@ def _model(ops: OnnxOps, inputs, outputs, name: str, metadata: Mapping[str, str]
 
 
 def _metadata(weights, kind: str, mode: str | None) -> dict[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     meta = {"fastgen.kind": kind, "fastgen.version": __version__,
             "fastgen.synthetic": "true" if getattr(weights, "synthetic", False) else "false"}
     if mode:
         meta["fastgen.mode"] = mode
+    label = getattr(weights, "label", None)   # known-answer weights name themselves
+    if label:
+        meta["fastgen.weights"] = label
     return meta
 
 
@@ -282,7 +289,7 @@ def build_generator(weights: Mapping[str, np.ndarray], mode: str = "ave",
                     source: str = "weights") -> onnx.ModelProto:
     """The generator graph: ``input`` (B,6,320,320), ``audio`` (B,*AUDIO_SHAPES[mode]) → ``output``."""
     if mode not in MODES:
-        raise ModelError(f"{source}: unknown generator mode {mode!r} (expected one of {', '.join(MODES)})")
+        raise InputError(f"{source}: unknown generator mode {mode!r} (expected one of {', '.join(MODES)})")
     ops = OnnxOps(strip_module_prefix(weights))
     out = generator_net(ops, ops.input("input", IMAGE_SHAPE), ops.input("audio", AUDIO_SHAPES[mode]), mode)
     ops.finish(source, f"{mode} generator", {"output": out})
@@ -293,7 +300,8 @@ def build_generator(weights: Mapping[str, np.ndarray], mode: str = "ave",
 
 def build_audio_encoder(weights: Mapping[str, np.ndarray], source: str = "weights") -> onnx.ModelProto:
     """The audio encoder graph: ``mel`` (B,1,80,16) → ``emb`` (B,512)."""
-    ops = OnnxOps(strip_module_prefix(weights))
+    # AudioEncoder().state_dict() keys carry "audio_encoder."; audio_visual_encoder.pth's do not
+    ops = OnnxOps(strip_module_prefix(weights, ENCODER_PREFIX))
     out = encoder_net(ops, ops.input("mel", MEL_SHAPE))
     ops.finish(source, "audio encoder", {"emb": out})
     return _model(ops, [("mel", MEL_SHAPE)], [("emb", (EMB_SIZE,))], "synctalk2d_audio_encoder",
@@ -325,4 +333,4 @@ def expected_keys(kind: str, mode: str = "ave") -> dict[str, tuple[int, ...]]:
     if kind == "audio_encoder":
         encoder_net(ops, ops.input("mel", MEL_SHAPE))
         return ops.expected
-    raise ValueError(f"unknown model kind {kind!r}")
+    raise InputError(f"unknown model kind {kind!r}")

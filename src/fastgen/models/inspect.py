@@ -10,6 +10,8 @@ from onnx import TensorProto
 from ..errors import ModelError
 from .graphs import AUDIO_SHAPES, EMB_SIZE, IMAGE_SHAPE, MEL_SHAPE, OUTPUT_SHAPE
 
+WEIGHTS_KEY = "fastgen.weights"        # metadata naming the weights' kind, written by graphs.py
+SYNTHETIC_LABEL = "synthetic weights"
 _MODE_BY_AUDIO_SHAPE = {shape: mode for mode, shape in AUDIO_SHAPES.items()}
 _DESCRIPTION = {"generator": "a generator (input, audio → output)",
                 "audio_encoder": "an audio encoder (mel → emb)"}
@@ -27,6 +29,15 @@ class ModelInfo:
     outputs: dict[str, tuple] = field(default_factory=dict)
     synthetic: bool = False         # built by fastgen from synthetic weights
     metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def weights_label(self) -> str | None:
+        """The label output of this model must carry: the one fastgen wrote into the file
+        ("known-answer demo weights"), "synthetic weights", or None for a user's own model."""
+        label = self.metadata.get(WEIGHTS_KEY)
+        if label:
+            return label
+        return SYNTHETIC_LABEL if self.synthetic else None
 
     @property
     def max_batch(self) -> int | None:
@@ -118,3 +129,12 @@ def inspect(path: str | Path, expect: str | None = None) -> ModelInfo:
         outputs={n: d[1:] for n, (_, d) in outputs.items()},
         synthetic=metadata.get("fastgen.synthetic") == "true", metadata=metadata,
     )
+
+
+def weights_label(*infos: ModelInfo) -> str | None:
+    """The label of output made by these models together: "synthetic weights" if any is
+    random-synthetic, else the first label found (e.g. "known-answer demo weights"), else None."""
+    labels = [i.weights_label for i in infos if i is not None and i.weights_label]
+    if SYNTHETIC_LABEL in labels:
+        return SYNTHETIC_LABEL
+    return labels[0] if labels else None

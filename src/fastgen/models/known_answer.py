@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from .graphs import BN_EPS, MODES, expected_keys
 
 LABEL = "known-answer demo weights"
@@ -275,6 +276,6 @@ def _audio_encoder() -> dict[str, np.ndarray]:
 def known_answer_weights(mode: str = "ave") -> tuple[KnownAnswerWeights, KnownAnswerWeights]:
     """``(generator, audio_encoder)`` state dicts built analytically (see the module docstring)."""
     if mode not in MODES:
-        raise ValueError(f"unknown generator mode {mode!r} (expected one of {', '.join(MODES)})")
+        raise InputError(f"unknown generator mode {mode!r} (expected one of {', '.join(MODES)})")
     return (KnownAnswerWeights(_generator(mode), "generator", mode),
             KnownAnswerWeights(_audio_encoder(), "audio_encoder", None))

@@ -12,6 +12,8 @@ import zlib
 
 import numpy as np
 
+from ..errors import InputError
+
 from .graphs import (AUDIO_SHAPES, BN_EPS, GENERATOR_MODULES, IMAGE_SHAPE, MEL_SHAPE, MODES,
                      encoder_net, generator_net, pair)
 
@@ -184,9 +186,9 @@ def generator_inputs(rng: np.random.Generator, batch: int, mode: str = "ave"):
 def synthetic_weights(kind: str, mode: str = "ave", seed: int = 0) -> SyntheticWeights:
     """Deterministic input-sensitive weights with exactly the SyncTalk_2D state-dict keys."""
     if kind not in KINDS:
-        raise ValueError(f"unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
+        raise InputError(f"unknown model kind {kind!r} (expected one of {', '.join(KINDS)})")
     if kind == "generator" and mode not in MODES:
-        raise ValueError(f"unknown generator mode {mode!r} (expected one of {', '.join(MODES)})")
+        raise InputError(f"unknown generator mode {mode!r} (expected one of {', '.join(MODES)})")
     tag = zlib.crc32(f"{kind}/{mode if kind == 'generator' else ''}".encode())
     rng = np.random.default_rng([seed, tag])
     ops = _DataInitOps(rng)

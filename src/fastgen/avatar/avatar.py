@@ -1,0 +1,219 @@
+"""The :class:`Avatar`: one avatar's templates, crop boxes, crops, order and models.
+
+:meth:`Avatar.open` reads three layouts and answers the same questions for each — how many
+templates, their size, each template's crop box, its full frame and its 328x328 crop, the
+ping-pong template order, and where the models are: a SyncTalk_2D dataset or an exported ONNX
+package (:mod:`.layouts`), or a fastgen pack (:mod:`.pack`).  :func:`prepare` compiles any of
+them into a pack.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..errors import AvatarError
+from ..models import sha256_file
+from ..models.locate import ModelFiles, find_models, resolve_models
+from .layouts import Box, FileTemplates, read_layout
+from .pack import MANIFEST, PackTemplate, PackTemplates, read_pack, write_pack
+from .templates import DEFAULT_CACHE_MB, TemplateCache, compute_crop, decode_frame, template_order
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Avatar:
+    """The templates of one avatar: frames, crop boxes, 328x328 crops, order and models.
+
+    Use :meth:`open`.  ``frame(k)`` / ``crop(k)`` return read-only uint8 BGR arrays from a shared,
+    thread-safe LRU cache (``cache_mb`` at open); copy them before writing.
+    """
+
+    def __init__(self, path: Path, layout: str, boxes: np.ndarray, frame_size: tuple[int, int],
+                 templates, models: ModelFiles, cache_bytes: int, manifest: Optional[dict] = None,
+                 source: Optional[dict] = None):
+        self.path = path
+        self.layout = layout                  # "dataset", "package" or "pack"
+        self._boxes = boxes
+        self._boxes.flags.writeable = False
+        self.frame_size = frame_size          # (width, height)
+        self._templates = templates
+        self._cache = TemplateCache(cache_bytes)
+        self.generator_path = models.generator
+        self.audio_encoder_path = models.audio_encoder
+        self.mode = models.mode
+        self.synthetic = models.synthetic
+        self.manifest = manifest
+        self.source = source or {}
+        self._weights_label: Optional[tuple] = None
+
+    # ---- opening
+
+    @classmethod
+    def open(cls, path: PathLike, *, generator: Optional[PathLike] = None,
+             audio_encoder: Optional[PathLike] = None, mode: Optional[str] = None,
+             cache_mb: float = DEFAULT_CACHE_MB) -> "Avatar":
+        """Open a SyncTalk_2D dataset directory, an exported ONNX package or a fastgen pack.
+
+        ``generator`` / ``audio_encoder`` (``.onnx`` or ``.pth``) override the models found in the
+        layout; ``mode`` is the generator's audio mode for ``.pth`` checkpoints (default ``ave``).
+        """
+        root = Path(path)
+        if not root.exists():
+            raise AvatarError(f"{root}: no such avatar directory")
+        if not root.is_dir():
+            raise AvatarError(f"{root}: not a directory (an avatar is a SyncTalk_2D dataset, an "
+                              "exported package or a fastgen pack directory)")
+        cache_bytes = int(cache_mb * (1 << 20))
+        if (root / MANIFEST).is_file():
+            return cls._open_pack(root, generator, audio_encoder, mode, cache_bytes)
+        if (root / "full_body_img").exists() or (root / "landmarks").exists():
+            package = any((root / p).exists() for p in
+                          ("cache/crop_rectangles.json", "models/generator.onnx", "package_info.json"))
+            files, boxes, facts = read_layout(root, package)
+            found_gen, found_enc = find_models(root)
+            models = resolve_models(generator or found_gen, audio_encoder or found_enc, mode)
+            return cls(root, facts["layout"], boxes, tuple(facts["frame_size"]), FileTemplates(files),
+                       models, cache_bytes, source=facts)
+        if not any(root.iterdir()):
+            raise AvatarError(f"{root}: empty directory, not an avatar")
+        raise AvatarError(f"{root}: not an avatar: no full_body_img/ + landmarks/ (SyncTalk_2D dataset "
+                          f"or exported package) and no {MANIFEST} (fastgen pack)")
+
+    @classmethod
+    def _open_pack(cls, root: Path, generator, audio_encoder, mode, cache_bytes: int) -> "Avatar":
+        manifest, index, crops_offset = read_pack(root)
+        listed = {kind: (root / name if name else None) for kind, name in manifest["models"].items()}
+        if generator is None and audio_encoder is None:
+            # trust the manifest (checked at prepare); inspecting a 48 MB ONNX costs ~80 ms
+            models = ModelFiles(listed.get("generator"), listed.get("audio_encoder"),
+                             manifest.get("mode"), bool(manifest.get("synthetic")))
+        else:
+            models = resolve_models(generator or listed.get("generator"),
+                                     audio_encoder or listed.get("audio_encoder"), mode or manifest.get("mode"))
+        width, height = manifest["frame_size"]
+        return cls(root, "pack", np.ascontiguousarray(index["box"]), (int(width), int(height)),
+                   PackTemplates(root, index, crops_offset), models, cache_bytes,
+                   manifest=manifest, source=manifest.get("source"))
+
+    # ---- templates
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def __repr__(self) -> str:
+        w, h = self.frame_size
+        return f"<Avatar {self.layout} {self.path} templates={len(self)} {w}x{h} mode={self.mode}>"
+
+    def _check_index(self, k) -> int:
+        k = int(k)
+        if not 0 <= k < len(self._boxes):
+            raise IndexError(f"template {k} out of range 0..{len(self._boxes) - 1}")
+        return k
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """All crop boxes, (K, 4) int32 ``(x0, y0, x1, y1)``, read-only."""
+        return self._boxes
+
+    def box(self, k: int) -> Box:
+        """Crop box of template ``k``: ``(x0, y0, x1, y1)``; the crop is ``frame[y0:y1, x0:x1]``."""
+        x0, y0, x1, y1 = self._boxes[self._check_index(k)].tolist()
+        return x0, y0, x1, y1
+
+    def frame(self, k: int) -> np.ndarray:
+        """Template ``k``'s full frame, uint8 BGR (H, W, 3), read-only."""
+        k = self._check_index(k)
+        return self._cache.get(("frame", k), lambda: self._decode(k))
+
+    def crop(self, k: int) -> np.ndarray:
+        """Template ``k``'s 328x328 crop, uint8 BGR, read-only: bicubic resize of the box region."""
+        k = self._check_index(k)
+        if self._templates.crop is not None:
+            return self._cache.get(("crop", k), lambda: self._templates.crop(k))
+        return self._cache.get(("crop", k), lambda: compute_crop(self.frame(k), self._boxes[k]))
+
+    def _decode(self, k: int) -> np.ndarray:
+        where = self._templates.name(k)
+        frame = decode_frame(self._templates.jpeg(k), where)
+        if (frame.shape[1], frame.shape[0]) != self.frame_size:
+            raise AvatarError(f"{where}: frame is {frame.shape[1]}x{frame.shape[0]}, expected "
+                              f"{self.frame_size[0]}x{self.frame_size[1]}")
+        return frame
+
+    def template_name(self, k: int) -> str:
+        """Where template ``k`` is read from, for messages."""
+        return self._templates.name(self._check_index(k))
+
+    @property
+    def weights_label(self) -> Optional[str]:
+        """What output of these models must be labelled ("known-answer demo weights",
+        "synthetic weights"), read from the model files themselves; None for a user's models."""
+        if self._weights_label is None:
+            from ..models import inspect, weights_label
+
+            infos = [inspect(p) for p in (self.generator_path, self.audio_encoder_path) if p is not None]
+            self._weights_label = (weights_label(*infos),)
+        return self._weights_label[0]
+
+    def jpeg(self, k: int) -> bytes:
+        """Template ``k``'s frame as the source JPEG bytes (what a pack stores)."""
+        return self._templates.jpeg(self._check_index(k))
+
+    def order(self, n: int) -> list[int]:
+        """Template index of each of ``n`` output frames (docs/semantics.md §4.4 ping-pong)."""
+        return template_order(len(self), n)
+
+    # ---- maintenance
+
+    def verify(self) -> None:
+        """Full integrity check: a pack's sha256 checksums, then every template decodes."""
+        if self.layout == "pack":
+            for name, entry in self.manifest["files"].items():
+                if sha256_file(self.path / name) != entry["sha256"]:
+                    raise AvatarError(f"{self.path / name}: checksum mismatch: the pack is corrupted "
+                                      "(run fastgen prepare again)")
+        for k in range(len(self)):
+            self._decode(k)
+            if self.layout == "pack":
+                self._templates.crop(k)
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._templates.close()
+
+    def __enter__(self) -> "Avatar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prepare(source: PathLike, dest: PathLike, *, generator: Optional[PathLike] = None,
+            audio_encoder: Optional[PathLike] = None, mode: Optional[str] = None) -> Avatar:
+    """Compile any avatar layout into a fastgen pack at ``dest`` and open it.
+
+    Frames are copied as their source JPEG bytes (never re-encoded, never the exported package's
+    lossy pre-cut JPEGs); crops are recomputed from them.  The models must be present (in the
+    layout or given here): a pack is meant to be runnable as is.
+    """
+    src = Avatar.open(source, generator=generator, audio_encoder=audio_encoder, mode=mode, cache_mb=0)
+    try:
+        if src.generator_path is None:
+            raise AvatarError(f"{src.path}: no generator model found in the avatar; pass --generator "
+                              "(.onnx or .pth)")
+        if src.audio_encoder_path is None and (src.mode or "ave") == "ave":
+            raise AvatarError(f"{src.path}: no audio encoder found in the avatar; pass --audio-encoder "
+                              "(.onnx or audio_visual_encoder.pth)")
+        templates = (PackTemplate(src.jpeg(k), src.box(k), src.template_name(k)) for k in range(len(src)))
+        info = dict(src.source)
+        info.pop("frame_size", None)
+        write_pack(dest, templates, count=len(src), frame_size=src.frame_size,
+                   generator=src.generator_path, audio_encoder=src.audio_encoder_path,
+                   mode=src.mode, source=info)
+    finally:
+        src.close()
+    return Avatar.open(dest)
+

@@ -1,0 +1,94 @@
+"""One output frame: the public :class:`Frame`, and the per-frame step that makes it.
+
+The step has two halves around the model (docs/semantics.md §5-§6):
+
+- :func:`fill_input`: the 320x320 ROI of a template's 328x328 crop -> the generator's 6-channel
+  input (face + face with the mouth masked);
+- :func:`paste_output`: the generator's 320x320 output -> written back into the crop, resized to
+  the crop box and pasted (hard, or with a feathered edge) into the full frame.
+
+:class:`FrameStep` applies them to an avatar's cached templates; the engine, the stream and the
+benchmark's baselines all go through these functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import image
+from .errors import InputError
+
+_ROI = slice(image.ROI_OFFSET, image.ROI_OFFSET + image.ROI_SIZE)
+BLENDS = {"hard": 0, "feather": 6}   # feather width in pixels of a 328-pixel crop
+
+
+@dataclass
+class Frame:
+    """One finished output frame.
+
+    ``index`` counts frames from the start of the clip (or of the stream), ``pts`` is its
+    presentation time in seconds and ``image`` the uint8 BGR (H, W, 3) frame.  Streams also say
+    which ``utterance`` a frame belongs to, its ``position`` within it (-1 for idle frames) and
+    whether the generator made it (``generated``; False for template frames).
+    """
+
+    index: int
+    pts: float
+    image: np.ndarray
+    utterance: int = 0
+    position: int = 0
+    generated: bool = True
+
+
+def feather_width(blend: str) -> int:
+    """Edge ramp in pixels for a blend name ("hard" = the reference's paste)."""
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {sorted(BLENDS)}, got {blend!r}")
+    return BLENDS[blend]
+
+
+def fill_input(crop328: np.ndarray, out: np.ndarray) -> None:
+    """Write the generator input (6, 320, 320) float32 of one 328x328 crop into ``out``."""
+    image.to_generator_input(crop328[_ROI, _ROI], out)
+
+
+def paste_output(pred: np.ndarray, crop328: np.ndarray, frame: np.ndarray, box: Sequence[int],
+                 feather: int) -> np.ndarray:
+    """Write ``pred`` (3, 320, 320) into the writable ``crop328`` and paste it into ``frame``."""
+    image.from_generator_output(pred, crop328[_ROI, _ROI])
+    return image.composite_patch(frame, crop328, box, feather=feather)
+
+
+class FrameStep:
+    """The per-frame step on an avatar's templates: ``fill(k, out)``, then ``finish(k, pred)``.
+
+    Safe to call from many threads: templates come read-only from the avatar's shared cache and
+    every finished frame is a fresh array.
+    """
+
+    def __init__(self, avatar, blend: str = "feather"):
+        self.avatar = avatar
+        self.blend = blend
+        self.feather = feather_width(blend)
+
+    def fill(self, k: int, out: np.ndarray) -> None:
+        """Generator input of template ``k`` into ``out`` (6, 320, 320) float32."""
+        fill_input(self.avatar.crop(k), out)
+
+    def finish(self, k: int, pred: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+        """The full frame of template ``k`` with the generated patch ``pred`` pasted in.
+
+        ``alpha < 1`` blends the result with the plain template (a stream's silence crossfade).
+        """
+        crop = self.avatar.crop(k).copy()
+        frame = self.avatar.frame(k).copy()
+        paste_output(pred, crop, frame, self.avatar.box(k), self.feather)
+        if alpha < 1.0:
+            frame = (frame * alpha + self.avatar.frame(k) * (1.0 - alpha) + 0.5).astype(np.uint8)
+        return frame
+
+    def template(self, k: int) -> np.ndarray:
+        """A writable copy of template ``k``'s frame (idle or silent frames)."""
+        return self.avatar.frame(k).copy()

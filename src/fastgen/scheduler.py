@@ -1,0 +1,133 @@
+"""The frame scheduler: inference overlapped with post-processing, frames delivered in order.
+
+Data flow (one direction)::
+
+    [infer thread per session]  claim a batch of frame numbers (in order), fill the inputs,
+                                session.run (no GIL)
+    [post pool]                 FrameStep.finish: output -> pasted full frame
+    [caller]                    Frame objects in order, from futures keyed by frame number
+
+At most ``depth`` frames are in flight.  Permits are taken in frame order, so the oldest frame
+always holds one and the ring cannot deadlock; memory stays flat however long the audio is.  Any
+stage's exception stops the run and is re-raised in the caller; closing the iterator (or Ctrl-C)
+stops the threads promptly.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .frame import Frame, FrameStep
+from .image import ROI_SIZE
+from .runtime import Session
+from .timing import frame_time
+
+_POLL_S = 0.1      # how often blocked threads look at the stop flag
+
+
+class FrameScheduler:
+    """Runs frames ``jobs`` of one clip through ``sessions`` side by side; iterate for frames.
+
+    ``features`` is anything with ``window(j, out)`` (a :class:`fastgen.features.FeatureTable`),
+    ``order`` maps frame numbers to template indices.  One iteration only.
+    """
+
+    def __init__(self, sessions: Sequence[Session], step: FrameStep, features, order: Sequence[int],
+                 jobs: range, *, batch: int, workers: int, audio_shape: tuple):
+        self.sessions, self.step, self.features = list(sessions), step, features
+        self.order, self.jobs = order, jobs
+        self.batch, self.workers, self.audio_shape = int(batch), int(workers), tuple(audio_shape)
+        self.depth = max(2 * self.batch * len(self.sessions), self.batch * len(self.sessions) + 2 * self.workers)
+        self.permits = threading.Semaphore(self.depth)
+        self.claim_lock = threading.Lock()        # permits are taken in frame order under it
+        self.ready = threading.Condition()        # guards futures, error, finished_threads
+        self.futures: dict[int, Future] = {}
+        self.next_job = jobs.start
+        self.error: Optional[BaseException] = None
+        self.finished_threads = 0
+        self.stop = threading.Event()
+        self.started = False
+
+    # ---------------------------------------------------------------- infer threads
+
+    def _acquire(self) -> bool:
+        while not self.stop.is_set():
+            if self.permits.acquire(timeout=_POLL_S):
+                return True
+        return False
+
+    def _claim(self) -> list[int]:
+        with self.claim_lock:
+            claimed = []
+            while len(claimed) < self.batch and self.next_job < self.jobs.stop:
+                if not self._acquire():
+                    break
+                claimed.append(self.next_job)
+                self.next_job += 1
+            return claimed
+
+    def _infer(self, session: Session, pool: ThreadPoolExecutor) -> None:
+        try:
+            inputs = np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32)
+            audio = np.empty((self.batch, *self.audio_shape), np.float32)
+            while not self.stop.is_set():
+                claimed = self._claim()
+                if not claimed:
+                    break
+                for i, j in enumerate(claimed):
+                    self.step.fill(self.order[j], inputs[i])
+                    self.features.window(j, audio[i])
+                n = len(claimed)
+                pred = session.run({"input": inputs[:n], "audio": audio[:n]})
+                with self.ready:
+                    for i, j in enumerate(claimed):
+                        self.futures[j] = pool.submit(self.step.finish, self.order[j], pred[i])
+                    self.ready.notify_all()
+        except BaseException as exc:  # surfaces in the caller, which re-raises it
+            with self.ready:
+                self.error = self.error or exc
+                self.ready.notify_all()
+        finally:
+            with self.ready:
+                self.finished_threads += 1
+                self.ready.notify_all()
+
+    # ---------------------------------------------------------------- caller
+
+    def _next_future(self, j: int, threads: int) -> Future:
+        with self.ready:
+            while j not in self.futures and self.error is None:
+                if self.finished_threads == threads:
+                    raise RuntimeError(f"fastgen: frame {j} was never produced")
+                self.ready.wait(_POLL_S)
+            if self.error is not None:
+                raise self.error
+            return self.futures.pop(j)
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.started:
+            raise RuntimeError("a FrameScheduler runs once; make a new one")
+        self.started = True
+        return self._frames()
+
+    def _frames(self) -> Iterator[Frame]:
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastgen-post")
+        threads = [threading.Thread(target=self._infer, args=(s, pool), name=f"fastgen-infer-{i}",
+                                    daemon=True) for i, s in enumerate(self.sessions)]
+        for t in threads:
+            t.start()
+        try:
+            for j in self.jobs:
+                image = self._next_future(j, len(threads)).result()
+                self.permits.release()
+                yield Frame(j, frame_time(j), image, position=j)
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join()
+            for fut in self.futures.values():
+                fut.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
