@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         }[kernel]
 
     cases = {
-        "log_mel": (lambda: audio.log_mel(wav), librosa_log_mel, "librosa+scipy (SPEC 2)", 60),
+        "log_mel": (lambda: audio.log_mel(wav), librosa_log_mel, "librosa+scipy (docs/semantics.md §1)", 60),
         "to_generator_input": (lambda: image.to_generator_input(roi, batch[1]), numpy_input,
                                "numpy", 2000),
         "from_generator_output": (lambda: image.from_generator_output(pred, crop[4:324, 4:324]),

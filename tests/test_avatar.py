@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from avatar_fixtures import (H, W, box_for, draw_frame, encode, landmarks_text, make_dataset,
-                             make_package, read_barcode, reference_order, write_models)
+from avatar_builders import (H, W, box_for, draw_frame, encode, landmarks_text, make_dataset,
+                             make_package, read_barcode, write_models)
+from references import reference_order
 from fastgen import Avatar, AvatarError, FastgenError, cli, demo
 from fastgen.avatar import (CROPS, FRAMES, INDEX, MANIFEST, PACK_VERSION, box_from_landmarks,
                             parse_landmarks, prepare, template_order)
@@ -632,7 +633,7 @@ def test_audio_encoder_checkpoint_is_converted_once_into_the_cache(tmp_path, mon
 
 
 def test_latest_epoch_checkpoint_is_the_generator(tmp_path):
-    from fastgen.avatar import _find_models
+    from fastgen.models.locate import find_models as _find_models
 
     for name in ("5.pth", "100.pth", "20.pth", "audio_visual_encoder.pth"):
         (tmp_path / name).write_bytes(b"")

@@ -1,4 +1,4 @@
-"""The engine against a straightforward OpenCV + librosa + ONNX Runtime implementation of SPEC.
+"""The engine against a straightforward OpenCV + librosa + ONNX Runtime implementation of docs/semantics.md.
 
 The models are fastgen's synthetic *input-sensitive* weights (their sensitivity is asserted
 below), so a swapped channel, a shifted crop, a wrong audio window or a wrong template would
@@ -23,51 +23,13 @@ import pytest
 import simplejpeg
 import soundfile as sf
 
-from avatar_fixtures import reference_order
-from conftest import speech_like
+from avatar_builders import ENGINE_FRAME_H as FRAME_H, ENGINE_FRAME_W as FRAME_W, ENGINE_TEMPLATES as TEMPLATES, draw_template
+from references import reference_log_mel, reference_order, speech_like
 from fastgen import Avatar, Generator, InputError, cli
 from fastgen.models import build_audio_encoder, build_generator, synthetic_weights
-from test_audio import reference_log_mel
-
-FRAME_W, FRAME_H = 224, 176
-TEMPLATES = 6
 
 
-def draw_template(k: int) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """A small textured 'face' frame; the box moves with k."""
-    yy, xx = np.mgrid[0:FRAME_H, 0:FRAME_W].astype(np.float32)
-    img = np.stack([90 + 60 * np.sin(xx / 17 + k / 3 + c) + 40 * np.cos(yy / 11 - c) for c in range(3)], -1)
-    x0, y0, w = 50 + 2 * k, 30 + k, 110
-    cv2.ellipse(img, (x0 + w // 2, y0 + w // 2), (w // 2 - 4, w // 2), 0, 0, 360, (60, 120, 210), -1)
-    cv2.ellipse(img, (x0 + w // 2, y0 + 3 * w // 4), (w // 5, w // 12), 0, 0, 360, (40, 30, 150), -1)
-    cv2.circle(img, (x0 + w // 3, y0 + w // 3), 7, (250, 250, 250), -1)
-    img += np.random.default_rng(k).normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), (x0, y0, w)
 
-
-def write_landmarks(path: Path, x0: int, y0: int, w: int) -> None:
-    pts = np.zeros((110, 2), np.float32)
-    pts[:, 0], pts[:, 1] = x0 + w / 2, y0 + w / 2
-    pts[1, 0] = x0 + 0.7      # xmin (truncated)
-    pts[52, 1] = y0 + 0.3     # ymin
-    pts[31, 0] = x0 + w + 0.9  # xmax
-    path.write_text("\n".join(f"{x:.3f} {y:.3f}" for x, y in pts) + "\n")
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    """A SyncTalk_2D dataset directory with synthetic input-sensitive ONNX models."""
-    root = tmp_path_factory.mktemp("dataset")
-    (root / "full_body_img").mkdir()
-    (root / "landmarks").mkdir()
-    for k in range(TEMPLATES):
-        img, (x0, y0, w) = draw_template(k)
-        (root / "full_body_img" / f"{k}.jpg").write_bytes(
-            simplejpeg.encode_jpeg(img, quality=95, colorspace="BGR"))
-        write_landmarks(root / "landmarks" / f"{k}.lms", x0, y0, w)
-    onnx.save(build_generator(synthetic_weights("generator"), "ave"), str(root / "generator.onnx"))
-    onnx.save(build_audio_encoder(synthetic_weights("audio_encoder")), str(root / "audio_encoder.onnx"))
-    return root
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +41,7 @@ def gen_hard(dataset) -> Generator:
 
 def reference_frames(root: Path, wav: np.ndarray, start: int = 0, count=None,
                      crops=None) -> list[np.ndarray]:
-    """SPEC sections 2-6 written plainly: librosa mel, per-window encoder, cv2 crops and paste.
+    """docs/semantics.md §1-§6 written plainly: librosa mel, per-window encoder, cv2 crops and paste.
 
     ``crops`` (template index -> 328x328 crop) replaces the cv2 crop resize, to isolate the rest.
     """
@@ -129,7 +91,7 @@ def assert_close_frames(got, ref):
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
         d = np.abs(a.astype(np.int16) - b)
-        assert a.shape == b.shape and d.max() <= 2 and d.mean() <= 0.1  # SPEC tolerance, per frame
+        assert a.shape == b.shape and d.max() <= 2 and d.mean() <= 0.1  # per frame: float order and IPP ties
 
 
 def test_models_are_input_sensitive(dataset):
@@ -151,7 +113,7 @@ def test_models_are_input_sensitive(dataset):
 def test_frames_equal_reference(dataset, gen_hard):
     """Everything after the 328 crop (audio, windows, model I/O, truncation, paste) vs OpenCV."""
     wav = speech_like(0.9, seed=5)
-    got = list(gen_hard.frames(wav))
+    got = [f.image for f in gen_hard.frames(wav)]
     assert len(got) == gen_hard.frame_count(wav) == int((1 + len(wav) // 200 - 16) / 80 * 25) + 4
     assert_close_frames(got, reference_frames(dataset, wav, crops=gen_hard.avatar.crop))
 
@@ -162,7 +124,7 @@ def test_frames_close_to_all_opencv_reference(dataset, gen_hard):
     turns such a pixel into a few levels of local difference, so here the bound is on the mean
     and on how many pixels exceed 2 levels, not the max."""
     wav = speech_like(0.9, seed=5)
-    got = list(gen_hard.frames(wav))
+    got = [f.image for f in gen_hard.frames(wav)]
     ref = reference_frames(dataset, wav)
     assert len(got) == len(ref)
     for a, b in zip(got, ref):
@@ -172,8 +134,8 @@ def test_frames_close_to_all_opencv_reference(dataset, gen_hard):
 
 def test_start_and_count(dataset, gen_hard):
     wav = speech_like(0.9, seed=5)
-    everything = list(gen_hard.frames(wav))
-    part = list(gen_hard.frames(wav, start=5, count=4))
+    everything = [f.image for f in gen_hard.frames(wav)]
+    part = [f.image for f in gen_hard.frames(wav, start=5, count=4)]
     assert len(part) == 4
     for a, b in zip(part, everything[5:9]):
         np.testing.assert_array_equal(a, b)
@@ -186,7 +148,7 @@ def test_long_audio_tail_equals_reference(dataset, gen_hard):
     wav = speech_like(12.0, seed=9)
     total = gen_hard.frame_count(wav)
     assert total == int((1 + len(wav) // 200 - 16) / 80 * 25) + 4
-    got = list(gen_hard.frames(wav, start=total - 3))
+    got = [f.image for f in gen_hard.frames(wav, start=total - 3)]
     assert_close_frames(got, reference_frames(dataset, wav, start=total - 3, crops=gen_hard.avatar.crop))
 
 
@@ -212,7 +174,7 @@ def test_jpeg_directory_output(gen_hard, tmp_path):
     assert len(files) == gen_hard.frame_count(wav) == summary["frames"]
     first = simplejpeg.decode_jpeg(files[0].read_bytes(), colorspace="BGR")
     assert first.shape == (FRAME_H, FRAME_W, 3)
-    ref = next(gen_hard.frames(wav))   # the file is exactly the q95 4:2:0 encoding of frame 1
+    ref = next(gen_hard.frames(wav)).image   # the file is exactly the q95 4:2:0 encoding of frame 1
     again = simplejpeg.encode_jpeg(ref, quality=95, colorspace="BGR", colorsubsampling="420")
     np.testing.assert_array_equal(first, simplejpeg.decode_jpeg(again, colorspace="BGR"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
@@ -332,19 +294,19 @@ def test_ctrl_c_swallowed_by_a_library_still_stops_the_run():
 
 def test_bench_baselines_render_the_same_frames(dataset, gen_hard):
     """Both baselines must compute the real thing, or their fps figures compare nothing."""
-    from fastgen.benchmark import _ort_default_session, _sequential_kernels_fps, _straightforward_fps
-    from fastgen.runtime import load_model
+    from fastgen.benchmarks.yardsticks import sequential_kernels_fps, straightforward_fps
+    from fastgen.runtime import open_session
 
     wav = speech_like(1.0)
-    want = list(gen_hard.frames(wav, count=6))
+    want = [f.image for f in gen_hard.frames(wav, count=6)]
     got_kernels, got_cv = [], []
-    model = load_model(gen_hard.avatar.generator_path, "generator", threads=2)
-    _sequential_kernels_fps(gen_hard, wav, 6, model, emit=lambda f: got_kernels.append(f.copy()))
+    model = open_session(gen_hard.avatar.generator_path, "generator", threads=2)
+    sequential_kernels_fps(gen_hard, wav, 6, model, emit=lambda f: got_kernels.append(f.copy()))
     assert len(got_kernels) == 6
     for a, b in zip(got_kernels, want):   # same kernels, same model: identical
         assert np.array_equal(a, b)
-    session = _ort_default_session(gen_hard.avatar.generator_path)
-    _straightforward_fps(gen_hard, wav, 6, session, emit=lambda f: got_cv.append(f.copy()))
+    session = open_session(gen_hard.avatar.generator_path, "generator", ort_defaults=True)
+    straightforward_fps(gen_hard, wav, 6, session, emit=lambda f: got_cv.append(f.copy()))
     assert len(got_cv) == 6
     for a, b in zip(got_cv, want):        # all-OpenCV tolerance of test_frames_close_to_all_opencv_reference
         d = np.abs(a.astype(np.int16) - b)
@@ -352,7 +314,7 @@ def test_bench_baselines_render_the_same_frames(dataset, gen_hard):
 
 
 def test_bench_report(dataset, gen_hard):
-    from fastgen.benchmark import run_bench
+    from fastgen.benchmarks import run_bench
 
     report = run_bench(gen_hard.avatar, speech_like(1.0), frames=5, baseline_frames=3, model_frames=2,
                        rounds=2, threads=2)

@@ -1,4 +1,4 @@
-"""fastgen.image kernels against numpy and OpenCV formulations of SPEC sections 4 and 6."""
+"""fastgen.image kernels against numpy and OpenCV formulations of docs/semantics.md §5-§6."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

@@ -5,7 +5,7 @@ Bounds (issue 7): with silent audio the output equals the ROI to a mean absolute
 and a max of ≤ 8 grey levels; the mean of the lower-middle region correlates with the frames'
 audio RMS at ≤ −0.8; elsewhere the reproduction bound holds whatever the audio.  End to end, with
 silence every frame equals its template frame up to the bicubic crop → 328 → box round trip,
-computed here with OpenCV from the SPEC's box rule and ping-pong order (not from fastgen).
+computed here with OpenCV from the box rule and ping-pong order of docs/semantics.md §4 (not from fastgen).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from avatar_fixtures import reference_order
+from references import reference_order
 
 from fastgen import audio as faudio
 from fastgen import cli, demo
@@ -69,7 +69,7 @@ def frame_rms(rms: np.ndarray, j: int) -> float:
 
 
 def audio_tensor(emb: np.ndarray, j: int) -> np.ndarray:
-    """SPEC §3.2/3.3: F = [f0] + f + [f_last]; frame j reads F[j−8 : j+8], zeros outside."""
+    """docs/semantics.md §3.2/3.3: F = [f0] + f + [f_last]; frame j reads F[j−8 : j+8], zeros outside."""
     feats = np.concatenate([emb[:1], emb, emb[-1:]])
     rows = np.zeros((16, emb.shape[1]), np.float32)
     for r in range(16):
@@ -82,7 +82,7 @@ def run_generator(session, rois_bgr: list[np.ndarray], audio: np.ndarray) -> np.
     """uint8 BGR outputs (n, 320, 320, 3) for uint8 BGR ROIs and (n, 32, 16, 16) audio."""
     inp = np.stack([fimage.to_generator_input(np.ascontiguousarray(r)) for r in rois_bgr])
     out = session.run(None, {"input": inp, "audio": audio.astype(np.float32)})[0]
-    # SPEC §6: uint8(output · 255), truncated — computed here without fastgen
+    # docs/semantics.md §6.1: uint8(output · 255), truncated — computed here without fastgen
     return np.clip(out * 255.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
@@ -247,7 +247,7 @@ def test_pytorch_reference_gives_the_same_answers(models, avatar, clip):
 # --------------------------------------------------------------------------- the pipeline
 
 def spec_box(k: int, templates: int) -> tuple[int, int, int, int]:
-    """SPEC §4 box rule from the demo's landmarks (float32 → int32 truncation)."""
+    """docs/semantics.md §4.3 box rule from the demo's landmarks (float32 → int32 truncation)."""
     _, lms = demo.render(k, templates)
     pts = lms.astype(np.float32).astype(np.int32)
     x0, y0, x1 = int(pts[1, 0]), int(pts[52, 1]), int(pts[31, 0])
@@ -271,7 +271,9 @@ def test_silent_pipeline_returns_the_templates(avatar):
     order = reference_order(len(avatar), total)
     checked = 0
     for start, count in ((0, 4), (121, 5)):        # the start and the ping-pong turn (124 → 123)
-        for j, out in enumerate(gen.frames(silence, start=start, count=count), start):
+        for frame in gen.frames(silence, start=start, count=count):
+            j, out = frame.index, frame.image
+            assert frame.pts == j / 25
             k = order[j]
             template = avatar.frame(k)
             box = spec_box(k, len(avatar))
@@ -304,7 +306,8 @@ def test_pipeline_mouth_follows_the_voice(avatar, clip):
     order = reference_order(len(avatar), total)
     means, loudness = [], []
     for start in np.linspace(0, total - 10, 4).astype(int):   # 4 chunks of 10 frames across the clip
-        for j, frame in enumerate(gen.frames(wav, start=int(start), count=10), int(start)):
+        for out in gen.frames(wav, start=int(start), count=10):
+            j, frame = out.index, out.image
             x0, y0, x1, y1 = spec_box(order[j], len(avatar))
             # REGION in ROI pixels → crop328 (+4) → the box in the full frame
             sy, sx = (y1 - y0) / 328, (x1 - x0) / 328
@@ -322,9 +325,9 @@ def test_pipeline_mouth_follows_the_voice(avatar, clip):
 
 def test_demo_runs_on_known_answer_weights(avatar, tmp_path, monkeypatch, capsys):
     assert avatar.weights_label == "known-answer demo weights"
-    assert avatar.source["weights_label"] == "known-answer demo weights"
-    meta = {p.key: p.value for p in onnx.load(str(avatar.generator_path), load_external_data=False).metadata_props}
-    assert meta["fastgen.weights"] == "known-answer demo weights"
+    for path in (avatar.generator_path, avatar.audio_encoder_path):   # the label is in the files
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        assert meta["fastgen.weights"] == "known-answer demo weights"
     gen_w, enc_w = demo.demo_weights()
     assert isinstance(gen_w, KnownAnswerWeights) and isinstance(enc_w, KnownAnswerWeights)
     monkeypatch.setenv("FASTGEN_CACHE", str(avatar.path.parent))   # the CLI finds the same pack

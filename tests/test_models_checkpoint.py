@@ -9,6 +9,7 @@ import pickle
 import zipfile
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -91,6 +92,24 @@ def test_module_prefix_is_accepted(tmp_path, encoder_weights):
                tmp_path / "dp.pth")
     model = build_audio_encoder(load_checkpoint(tmp_path / "dp.pth"))
     assert [o.name for o in model.graph.output] == ["emb"]
+
+
+def test_audio_encoder_keys_load_with_or_without_their_prefix(tmp_path, encoder_weights):
+    """AudioEncoder().state_dict() keys carry "audio_encoder."; audio_visual_encoder.pth's do not."""
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in encoder_weights.items()}, tmp_path / "bare.pth")
+    torch.save({f"audio_encoder.{k}": torch.from_numpy(np.array(v)) for k, v in encoder_weights.items()},
+               tmp_path / "prefixed.pth")
+    torch.save({f"module.audio_encoder.{k}": torch.from_numpy(np.array(v))
+                for k, v in encoder_weights.items()}, tmp_path / "both.pth")
+    mel = np.random.default_rng(0).standard_normal((2, 1, 80, 16)).astype(np.float32)
+    outs = []
+    for name in ("bare", "prefixed", "both"):
+        model = build_audio_encoder(load_checkpoint(tmp_path / f"{name}.pth"))
+        onnx_path = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(onnx_path))
+        outs.append(_session(onnx_path).run(None, {"mel": mel})[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
 
 
 # ---- refusing code ---------------------------------------------------------------------------
@@ -215,8 +234,21 @@ def test_wrong_model_or_mode_gets_a_hint(encoder_weights):
     wenet = synthetic_weights("generator", "wenet")
     with pytest.raises(ModelError, match=r"looks like a wenet checkpoint: check --mode"):
         build_generator(wenet, "ave", source="g.pth")
-    with pytest.raises(ModelError, match=r"unknown generator mode 'bogus'"):
+    with pytest.raises(InputError, match=r"unknown generator mode 'bogus'"):
         build_generator(wenet, "bogus")
+
+
+def test_an_unknown_mode_is_the_same_error_everywhere(tmp_path):
+    """One misuse, one exception type, whichever entry point sees it."""
+    from fastgen.models import known_answer_weights
+
+    calls = [lambda: build_generator(synthetic_weights("generator"), "bogus"),
+             lambda: synthetic_weights("generator", "bogus"),
+             lambda: known_answer_weights("bogus"),
+             lambda: export_models("synthetic", tmp_path / "x", mode="bogus")]
+    for call in calls:
+        with pytest.raises(InputError, match="bogus"):
+            call()
 
 
 def test_missing_num_batches_tracked_is_tolerated(encoder_weights):
@@ -301,3 +333,7 @@ def test_ensure_onnx_converts_and_caches(tmp_path, checkpoints):
     assert ensure_onnx(path, "audio_encoder", tmp_path / "unused")[0] == path
     with pytest.raises(ModelError, match="expected a generator"):
         ensure_onnx(path, "generator", tmp_path / "cache")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask      # not mkstemp's private 0600
+    assert [p.name for p in path.parent.iterdir()] == [path.name]   # no temporary left

@@ -1,4 +1,4 @@
-"""torch forward pass vs fastgen's ONNX graphs, via a real torch.save checkpoint (SPEC §3.1, §5).
+"""torch forward pass vs fastgen's ONNX graphs, via a real torch.save checkpoint (docs/semantics.md §7).
 
 Path under test: torch model with input-sensitive weights → ``torch.save(state_dict)`` →
 ``load_checkpoint`` (no torch) → ``build_*`` → ONNX Runtime. Tolerances: generator output max

@@ -47,10 +47,10 @@ def test_keys_dtypes_and_size(generators, encoder):
         assert all(t.data_type == TensorProto.FLOAT for t in model.graph.initializer if "pads" not in t.name)
     buffers = ("running_mean", "running_var", "num_batches_tracked")
     params = sum(v.size for k, v in generators["ave"][0].items() if not k.endswith(buffers))
-    assert 12.1e6 < params < 12.3e6  # SPEC §5: about 12.2 M
+    assert 12.1e6 < params < 12.3e6  # docs/semantics.md §7.1: about 12.25 M
     assert 44e6 < generators["ave"][1].ByteSize() < 50e6  # ~46 MB
     enc_params = sum(v.size for k, v in encoder[0].items() if k.endswith(("weight", "bias")))
-    assert 2.7e6 < enc_params < 2.9e6  # SPEC §5: 2.8 M
+    assert 2.7e6 < enc_params < 2.9e6  # docs/semantics.md §7.2: about 2.82 M
 
 
 def test_deterministic_and_seeded():

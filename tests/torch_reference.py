@@ -1,4 +1,4 @@
-"""PyTorch reference of the SyncTalk_2D models, written from SPEC §3.1 and §5 for the parity tests.
+"""PyTorch reference of the SyncTalk_2D models, written from docs/semantics.md §7 for the parity tests.
 
 Module and attribute names follow the original code so ``state_dict()`` keys are exactly those of
 real checkpoints (``tests/test_models_parity.py`` checks them against the spec key lists).

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Type
+from typing import Iterator, Optional, Type
 
 from .errors import FastgenError, InputError
 
@@ -61,11 +61,13 @@ def _cannot(dest: Path, what: str, exc: OSError, verb: str = "write") -> str:
 
 
 @contextmanager
-def building_dir(dest: Path, error: Type[FastgenError], what: str, *,
+def building_dir(dest: Path, error: Optional[Type[FastgenError]], what: str, *,
                  keep_existing: bool = False) -> Iterator[Path]:
     """``with building_dir(dest, AvatarError, "the pack") as tmp:`` fill ``tmp``; on success it
     replaces ``dest``; on any failure ``tmp`` is removed and ``dest`` is left as it was (an
-    ``OSError`` becomes ``error`` with a one-line message naming ``dest``, never the temporary name).
+    ``OSError`` becomes ``error`` with a one-line message naming ``dest``, never the temporary name;
+    with ``error=None`` exceptions pass through unchanged, for callers whose failures may come
+    from elsewhere, like a renderer's reading of its inputs).
 
     ``keep_existing=True``: if ``dest`` exists when ``tmp`` is complete (another process built it
     meanwhile), the first one wins: ``tmp`` is discarded and ``dest`` never vanishes, not even
@@ -88,6 +90,8 @@ def building_dir(dest: Path, error: Type[FastgenError], what: str, *,
         else:
             swap_into_place(tmp, dest)
     except OSError as exc:
+        if error is None:
+            raise
         raise error(_cannot(dest, what, exc)) from None
     finally:
         if tmp.exists():
@@ -95,10 +99,11 @@ def building_dir(dest: Path, error: Type[FastgenError], what: str, *,
 
 
 @contextmanager
-def building_file(dest: Path, error: Type[FastgenError], what: str) -> Iterator[Path]:
+def building_file(dest: Path, error: Optional[Type[FastgenError]], what: str) -> Iterator[Path]:
     """``with building_file(dest, ModelError, "the model") as tmp:`` write ``tmp`` (a fresh
     name beside ``dest`` with ``dest``'s suffix and a umask mode); on success it atomically
-    replaces ``dest``; on any failure it is removed.  ``OSError`` becomes ``error`` naming ``dest``."""
+    replaces ``dest``; on any failure it is removed.  ``OSError`` becomes ``error`` naming ``dest``
+    (unless ``error`` is None, as for :func:`building_dir`)."""
     dest = Path(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +114,8 @@ def building_file(dest: Path, error: Type[FastgenError], what: str) -> Iterator[
         yield tmp
         os.replace(tmp, dest)
     except OSError as exc:
+        if error is None:
+            raise
         raise error(_cannot(dest, what, exc)) from None
     finally:
         if tmp.exists():

@@ -133,7 +133,7 @@ _EYE_Y, _EYE_DX, _NOSE_Y, _MOUTH_Y = -40.0, 55.0, 30.0, 112.0
 
 
 def landmarks(cx: float, cy: float) -> np.ndarray:
-    """110 plausible landmark points whose SPEC box rule gives the drawn face's crop box."""
+    """110 plausible landmark points whose box rule (docs/semantics.md §4.3) gives the drawn face's crop box."""
     pts = np.zeros((LANDMARK_POINTS, 2), np.float32)
     a = np.linspace(np.pi * 0.95, np.pi * 0.05, 33)           # 0..32: cheek-chin-cheek contour
     pts[0:33, 0] = cx + _HEAD_RX * 0.95 * np.cos(a)
@@ -145,7 +145,7 @@ def landmarks(cx: float, cy: float) -> np.ndarray:
     b = np.linspace(0, 2 * np.pi, LANDMARK_POINTS - 64, endpoint=False)   # mouth outline
     pts[64:, 0] = cx + 48 * np.cos(b)
     pts[64:, 1] = cy + _MOUTH_Y + 20 * np.sin(b)
-    # the three points the crop box uses (SPEC section 4); + 0.3 exercises the truncation
+    # the three points the crop box uses (docs/semantics.md §4.3); + 0.3 exercises the truncation
     pts[1, 0] = cx - _BOX_HALF_W + 0.3
     pts[31, 0] = cx + _BOX_HALF_W + 0.3
     pts[52, 1] = cy + _BOX_TOP + 0.3

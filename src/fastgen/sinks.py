@@ -64,7 +64,7 @@ class JpegDirectory:
     def write(self, frames: Iterable[Frame], *, total: Optional[int] = None, progress: Progress = None) -> int:
         """Consume ``frames``; returns how many were written."""
         n = 0
-        with building_dir(self.path, InputError, "the frames") as tmp:
+        with building_dir(self.path, None, "the frames") as tmp:
             for n, frame in enumerate(frames, 1):
                 (tmp / f"frame_{n:05d}.jpg").write_bytes(self.encode_image(frame.image, self.quality))
                 if progress:
@@ -92,7 +92,7 @@ class Mp4File:
 
         w, h = self.frame_size
         n = 0
-        with building_file(self.path, InputError, "the video") as tmp:
+        with building_file(self.path, None, "the video") as tmp:
             container = av.open(str(tmp), mode="w", format="mp4")
             try:
                 video = container.add_stream("libx264", rate=FPS)

@@ -55,7 +55,7 @@ cdef void _to_input(const u8 *src, Py_ssize_t pitch, Py_ssize_t h, Py_ssize_t w,
             b[x] = _LUT[row[3 * x]]
             g[x] = _LUT[row[3 * x + 1]]
             r[x] = _LUT[row[3 * x + 2]]
-    # the masked copy hides the mouth region (SPEC section 4)
+    # the masked copy hides the mouth region (docs/semantics.md §5.4)
     memcpy(out + 3 * plane, out, 3 * plane * sizeof(float))
     if mx0 < mx1:
         for c in range(3, 6):
@@ -91,7 +91,7 @@ cdef void _from_output(const float *pred, Py_ssize_t h, Py_ssize_t w, u8 *dst,
             p = pred + c * plane + y * w
             for x in range(w):
                 v = p[x] * <float>255.0
-                # truncation, as numpy's astype(uint8) after ``* 255`` (SPEC section 6);
+                # truncation, as numpy's astype(uint8) after ``* 255`` (docs/semantics.md §6.1);
                 # clamped so out-of-range or NaN values cannot wrap around
                 row[3 * x + c] = <u8>v if v > 0 and v < 256 else (255 if v >= 256 else 0)
 

@@ -79,7 +79,7 @@ def stft_magnitude(const float[::1] wav, int n_fft, int hop, bint reflect, doubl
 def log_mel(const float[::1] wav, int n_fft, int hop, bint reflect, double preemph,
             const int[::1] fstart, const int[::1] flen, const int[::1] foff,
             const double[::1] weights, float[:, ::1] out):
-    """Normalised log-mel (SPEC section 2) of wav into out (T, n_mels); filters given sparse."""
+    """Normalised log-mel (docs/semantics.md §1) of wav into out (T, n_mels); filters given sparse."""
     cdef _Plan plan = _plan_for(n_fft)
     if hop <= 0:
         raise ValueError(f"hop must be positive, got {hop}")

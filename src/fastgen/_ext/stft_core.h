@@ -8,7 +8,7 @@
  * pairs (mixed radix 4/2/3/5/generic, Stockham auto-sort, so no bit reversal), followed by the
  * usual split step.  Double precision throughout the FFT: the log-mel floor (mel = 1e-4) sits
  * ~100 dB below loud frames and a float32 FFT would not keep 2e-4 accuracy there.  n_fft = 800
- * (the SPEC size) has a fused fast path, see "fast path" below.  After the FFT, the magnitude
+ * (the model's size, docs/semantics.md §1.3) has a fused fast path, see "fast path" below.  After the FFT, the magnitude
  * root, the dB conversion and the normalisation are single precision (each well under 1e-6 in
  * the normalised output).
  *
@@ -537,7 +537,7 @@ FG_INLINE void fg_group_mag(const fg_plan *p, fg_work *w, const float *x, ptrdif
                             ptrdiff_t t0, int nvalid, int reflect, double preemph, int kmax) {
     if (fg_fast800(p, hop)) {
         fg_fill_e(x, L, hop, t0, 800, reflect, preemph, w);
-        if (hop == 200) /* SPEC hop: constant offsets */
+        if (hop == 200) /* the model's hop: constant offsets */
             fg_first_r16(p, w->e, 200, w->are, w->aim);
         else
             fg_first_r16(p, w->e, hop, w->are, w->aim);
@@ -629,7 +629,7 @@ FG_INLINE fg_v4d fg_mel_sum(const fg_v4d *restrict mg, const double *restrict wt
     return (a0 + a1) + (a2 + a3);
 }
 
-/* Log-mel (SPEC section 2): out[t * nmels + f] for t < T.  Filter f covers bins
+/* Log-mel (docs/semantics.md §1): out[t * nmels + f] for t < T.  Filter f covers bins
  * fstart[f] .. fstart[f] + flen[f] - 1 with weights fw[foff[f] ...]. */
 FG_CLONES
 static void fg_log_mel(const fg_plan *p, fg_work *w, const float *x, ptrdiff_t L, int hop,

@@ -26,7 +26,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 Box = tuple[int, int, int, int]
 
 LANDMARK_POINTS = 110
-# docs/semantics.md §4.2: xmin = L[1].x, ymin = L[52].y, xmax = L[31].x, square box of side xmax - xmin
+# docs/semantics.md §4.3: xmin = L[1].x, ymin = L[52].y, xmax = L[31].x, square box of side xmax - xmin
 _XMIN_POINT, _YMIN_POINT, _XMAX_POINT = 1, 52, 31
 
 
@@ -68,7 +68,7 @@ def _is_number(text: str) -> bool:
 
 
 def box_from_landmarks(lms: np.ndarray) -> Box:
-    """docs/semantics.md §4.2: ``(xmin, ymin, xmax, ymin + (xmax - xmin))``."""
+    """docs/semantics.md §4.3: ``(xmin, ymin, xmax, ymin + (xmax - xmin))``."""
     x0, y0, x1 = int(lms[_XMIN_POINT, 0]), int(lms[_YMIN_POINT, 1]), int(lms[_XMAX_POINT, 0])
     return x0, y0, x1, y0 + (x1 - x0)
 

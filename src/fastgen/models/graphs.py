@@ -1,4 +1,4 @@
-"""The SyncTalk_2D generator and audio encoder (SPEC §3.1, §5) as ONNX graphs built with onnx.helper.
+"""The SyncTalk_2D generator and audio encoder (docs/semantics.md §7) as ONNX graphs built with onnx.helper.
 
 The architectures are written once, as functions of an ``ops`` backend (:func:`generator_net`,
 :func:`encoder_net`). :class:`OnnxOps` turns them into ONNX nodes with BatchNorm folded into the

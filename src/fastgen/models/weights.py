@@ -173,7 +173,7 @@ def _smooth_noise(rng: np.random.Generator, shape, coarse: int) -> np.ndarray:
 
 
 def generator_inputs(rng: np.random.Generator, batch: int, mode: str = "ave"):
-    """Image-like (B,6,320,320) generator inputs laid out like SPEC §4, plus random audio features."""
+    """Image-like (B,6,320,320) generator inputs laid out like docs/semantics.md §5.3, plus random audio features."""
     roi = _smooth_noise(rng, (batch, 3, *IMAGE_SHAPE[1:]), coarse=8)
     masked = roi.copy()
     masked[:, :, 5:310, 5:315] = 0.0  # the mouth region the generator must fill in

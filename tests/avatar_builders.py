@@ -1,4 +1,4 @@
-"""Synthesise the avatar layouts of SPEC section 7 in a temporary directory, with small frames.
+"""Synthesise avatar layouts (docs/semantics.md §4.1) in a temporary directory, with small frames.
 
 Every template has its own crop box (the boxes move), and each frame carries a bright square
 inside its own box plus its template number written as a bar code in the top-left corner, so a
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import cv2
 import simplejpeg
 
 W, H = 160, 120
@@ -47,7 +48,7 @@ def encode(img: np.ndarray) -> bytes:
 
 
 def landmarks_text(box: Sequence[int]) -> str:
-    """110 'x y' lines whose SPEC box rule gives ``box`` (fractions exercise the truncation)."""
+    """110 'x y' lines whose box rule (docs/semantics.md §4.3) gives ``box`` (fractions exercise the truncation)."""
     x0, y0, x1, _ = box
     pts = np.zeros((110, 2), np.float64)
     pts[:, 0], pts[:, 1] = (x0 + x1) / 2 + 0.25, y0 + (x1 - x0) / 2 + 0.5
@@ -117,14 +118,28 @@ def write_models(directory: Path) -> tuple[Path, Path]:
     return gen, enc
 
 
-def reference_order(templates: int, n: int) -> list[int]:
-    """SPEC section 4's loop, verbatim (it would index past the end for one template)."""
-    out, idx, step, last = [], 0, 0, templates - 1
-    for _ in range(n):
-        if idx > last - 1:
-            step = -1
-        if idx < 1:
-            step = 1
-        idx += step
-        out.append(idx)
-    return out
+# ---- the engine tests' dataset: textured faces whose box moves with k
+
+ENGINE_FRAME_W, ENGINE_FRAME_H = 224, 176
+ENGINE_TEMPLATES = 6
+
+
+def draw_template(k: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A small textured 'face' frame; the box moves with k."""
+    yy, xx = np.mgrid[0:ENGINE_FRAME_H, 0:ENGINE_FRAME_W].astype(np.float32)
+    img = np.stack([90 + 60 * np.sin(xx / 17 + k / 3 + c) + 40 * np.cos(yy / 11 - c) for c in range(3)], -1)
+    x0, y0, w = 50 + 2 * k, 30 + k, 110
+    cv2.ellipse(img, (x0 + w // 2, y0 + w // 2), (w // 2 - 4, w // 2), 0, 0, 360, (60, 120, 210), -1)
+    cv2.ellipse(img, (x0 + w // 2, y0 + 3 * w // 4), (w // 5, w // 12), 0, 0, 360, (40, 30, 150), -1)
+    cv2.circle(img, (x0 + w // 3, y0 + w // 3), 7, (250, 250, 250), -1)
+    img += np.random.default_rng(k).normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), (x0, y0, w)
+
+
+def write_landmarks(path: Path, x0: int, y0: int, w: int) -> None:
+    pts = np.zeros((110, 2), np.float32)
+    pts[:, 0], pts[:, 1] = x0 + w / 2, y0 + w / 2
+    pts[1, 0] = x0 + 0.7      # xmin (truncated)
+    pts[52, 1] = y0 + 0.3     # ymin
+    pts[31, 0] = x0 + w + 0.9  # xmax
+    path.write_text("\n".join(f"{x:.3f} {y:.3f}" for x, y in pts) + "\n")
