@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import soundfile as sf
 from references import reference_order
 
 from fastgen import audio as faudio
@@ -334,3 +335,30 @@ def test_demo_runs_on_known_answer_weights(avatar, tmp_path, monkeypatch, capsys
     assert cli.main(["run", "--frames", "2", "--quiet", "-o", str(tmp_path / "frames")]) == 0
     assert "[known-answer demo weights]" in capsys.readouterr().out
     assert len(list((tmp_path / "frames").glob("*.jpg"))) == 2
+
+
+def test_demo_models_keep_their_label_on_a_users_avatar(avatar, tmp_path, capsys):
+    """The weights' kind comes from the model files, not from the pack that holds them."""
+    from avatar_builders import make_dataset
+    from fastgen.avatar import Avatar, prepare
+
+    dataset = make_dataset(tmp_path / "mine")
+    models = {"generator": avatar.generator_path, "audio_encoder": avatar.audio_encoder_path}
+    pack = prepare(dataset, tmp_path / "mine.pack", **models)
+    assert pack.weights_label == "known-answer demo weights"
+    assert Generator(pack, threads=1).weights_label == "known-answer demo weights"
+    direct = Avatar.open(dataset, **models)
+    assert direct.weights_label == "known-answer demo weights"
+    wav = tmp_path / "speech.wav"
+    sf.write(wav, demo.audio(0.5), 16000)
+    rc = cli.main(["run", "--avatar", str(dataset), "--generator", str(models["generator"]),
+                   "--audio-encoder", str(models["audio_encoder"]), "--audio", str(wav),
+                   "-o", str(tmp_path / "out"), "--frames", "2", "--quiet"])
+    assert rc == 0 and capsys.readouterr().out.rstrip().endswith("[known-answer demo weights]")
+    # a random synthetic encoder beside it makes the output "synthetic"
+    from fastgen.models import synthetic_weights
+
+    synth = tmp_path / "synthetic_encoder.onnx"
+    onnx.save(build_audio_encoder(synthetic_weights("audio_encoder")), str(synth))
+    assert Avatar.open(dataset, generator=models["generator"], audio_encoder=synth).weights_label \
+        == "synthetic weights"

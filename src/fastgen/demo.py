@@ -296,6 +296,7 @@ def audio(seconds: float = 14.0, seed: int = 7) -> np.ndarray:
         for s in range(syllables):
             dur = int(rng.uniform(0.14, 0.30) * SAMPLE_RATE)
             onset = int(rng.uniform(0.04, 0.09) * SAMPLE_RATE) if rng.random() < 0.6 else 0
+            onset = min(onset, n - t)      # a clip shorter than the phrase ends inside it
             end = min(t + onset + dur, n)
             if onset:  # a fricative ("s", "f", "sh") before the vowel
                 noise_env[t:t + onset] = np.hanning(onset)[:onset] * rng.uniform(0.3, 0.6)

@@ -125,11 +125,11 @@ def mouth_map() -> np.ndarray:
     """The (320, 320) mouth map ``m`` that reaches ``up5`` for loudness 1 (the 10×10 pattern after
     the decoder's five bilinear ×2 upsamplings).  Where it is 0 the output is the input, whatever
     the audio."""
-    from .weights import _upsample2x_align_corners
+    from .weights import upsample2x_align_corners
 
     m = mouth_pattern()[None, None]
     for _ in range(5):
-        m = _upsample2x_align_corners(m)
+        m = upsample2x_align_corners(m)
     return m[0, 0]
 
 

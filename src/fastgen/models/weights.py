@@ -74,7 +74,7 @@ def _conv2d(x: np.ndarray, w: np.ndarray, stride, pad: int, groups: int) -> np.n
     return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
 
 
-def _upsample2x_align_corners(x: np.ndarray) -> np.ndarray:
+def upsample2x_align_corners(x: np.ndarray) -> np.ndarray:
     def axis_weights(n):
         src = np.arange(2 * n) * ((n - 1) / (2 * n - 1)) if n > 1 else np.zeros(2 * n)
         lo = np.floor(src).astype(int)
@@ -142,7 +142,7 @@ class _DataInitOps:
         return y
 
     def upsample2x(self, x):
-        return _upsample2x_align_corners(x)
+        return upsample2x_align_corners(x)
 
     def pad(self, x, top, bottom, left, right):
         return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))

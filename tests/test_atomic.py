@@ -1,0 +1,71 @@
+"""fastgen.atomic: outputs appear complete or not at all, with the user's path in every error."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fastgen.atomic import building_dir, building_file
+from fastgen.errors import AvatarError, InputError, ModelError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_building_dir_replaces_only_when_complete(tmp_path):
+    dest = tmp_path / "out"
+    with building_dir(dest, AvatarError, "the pack") as tmp:
+        (tmp / "a").write_text("1")
+        assert not dest.exists()                    # nothing under the final name meanwhile
+    assert (dest / "a").read_text() == "1" and dest.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    with pytest.raises(RuntimeError):
+        with building_dir(dest, AvatarError, "the pack") as tmp:
+            (tmp / "a").write_text("2")
+            raise RuntimeError("stop")
+    assert (dest / "a").read_text() == "1"          # the previous output survives a failure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]   # and no temporary is left
+
+
+def test_keep_existing_lets_the_first_builder_win(tmp_path):
+    """Two processes building the same cache entry: the first finished one stays, untouched."""
+    dest = tmp_path / "entry"
+    with building_dir(dest, AvatarError, "the pack", keep_existing=True) as slow:
+        (slow / "who").write_text("slow")
+        with building_dir(dest, AvatarError, "the pack", keep_existing=True) as fast:
+            (fast / "who").write_text("fast")
+        first = dest.stat().st_ino
+    assert (dest / "who").read_text() == "fast" and dest.stat().st_ino == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+
+
+def test_building_file_is_atomic_with_a_umask_mode(tmp_path):
+    dest = tmp_path / "model.onnx"
+    with building_file(dest, ModelError, "the model") as tmp:
+        assert tmp.suffix == ".onnx" and tmp.parent == tmp_path and tmp != dest
+        tmp.write_bytes(b"x")
+    assert dest.read_bytes() == b"x" and dest.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    with pytest.raises(KeyboardInterrupt):
+        with building_file(dest, ModelError, "the model") as tmp:
+            tmp.write_bytes(b"half")
+            raise KeyboardInterrupt
+    assert dest.read_bytes() == b"x" and [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_errors_name_the_users_path_not_the_temporary(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InputError) as err:
+        with building_file(blocker / "x.mp4", ModelError, "the video"):
+            pass
+    assert str(err.value).startswith(f"{blocker / 'x.mp4'}: cannot create the video") and ".tmp-" not in str(err.value)
+    with pytest.raises(ModelError) as err:
+        with building_file(tmp_path / "y.onnx", ModelError, "the model") as tmp:
+            raise OSError(28, "No space left on device", str(tmp))
+    assert str(err.value) == f"{tmp_path / 'y.onnx'}: cannot write the model (No space left on device)"
+    with pytest.raises(OSError, match="not ours"):      # error=None: failures pass through as they are
+        with building_file(tmp_path / "z.mp4", None, "the video"):
+            raise OSError("not ours")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
