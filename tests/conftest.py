@@ -40,3 +40,13 @@ def dataset(tmp_path_factory) -> Path:
     onnx.save(build_generator(synthetic_weights("generator"), "ave"), str(root / "generator.onnx"))
     onnx.save(build_audio_encoder(synthetic_weights("audio_encoder")), str(root / "audio_encoder.onnx"))
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """A ``FASTGEN_CACHE`` with the demo avatar built once for the whole run."""
+    from fastgen import demo
+
+    root = tmp_path_factory.mktemp("demo-cache")
+    demo.avatar(cache_dir=root)
+    return root

@@ -124,7 +124,7 @@ def test_dataset_models_found_in_directory(dataset, models):
     av = Avatar.open(dataset)
     assert av.generator_path == dataset / "generator.onnx"
     assert av.audio_encoder_path == dataset / "audio_encoder.onnx"
-    assert av.mode == "ave" and av.synthetic is True
+    assert av.mode == "ave" and av.weights == "synthetic"
 
 
 def test_model_keywords_override_and_are_checked(dataset, models):
@@ -346,7 +346,7 @@ def test_pack_round_trip(pack, tmp_path):
     src = Avatar.open(tmp_path / "ds")
     av = Avatar.open(pack)
     assert av.layout == "pack" and len(av) == 6 and av.frame_size == (W, H)
-    assert av.mode == "ave" and av.synthetic is True
+    assert av.mode == "ave" and av.weights == "synthetic"
     assert av.generator_path == pack / "models" / "generator.onnx" and av.generator_path.is_file()
     assert av.audio_encoder_path == pack / "models" / "audio_encoder.onnx"
     for k in range(6):
@@ -575,7 +575,7 @@ def test_demo_avatar(tmp_path, monkeypatch):
     av = demo.avatar()
     assert av.path.parent == tmp_path / "cache"
     assert 100 <= len(av) <= 250 and av.frame_size == (1280, 720)
-    assert av.synthetic is True and av.mode == "ave"
+    assert av.weights == "known-answer" and av.mode == "ave"
     assert av.generator_path.is_file() and av.audio_encoder_path.is_file()
     assert demo.avatar() is av                       # built once, then reused
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [av.path.name]   # no staging left

@@ -25,7 +25,7 @@ import soundfile as sf
 
 from avatar_builders import ENGINE_FRAME_H as FRAME_H, ENGINE_FRAME_W as FRAME_W, ENGINE_TEMPLATES as TEMPLATES, draw_template
 from references import reference_log_mel, reference_order, speech_like
-from fastgen import Avatar, Generator, InputError, cli
+from fastgen import Avatar, Generator, InputError, cli, console
 from fastgen.models import build_audio_encoder, build_generator, synthetic_weights
 
 
@@ -284,7 +284,7 @@ def test_an_ignored_sigint_stays_ignored():
     like every well-behaved POSIX program; the checkpoint does not take SIGINT over."""
     before = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with cli._ctrl_c_checkpoint() as check:
+        with console.ctrl_c_checkpoint() as check:
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
@@ -298,7 +298,7 @@ def test_ctrl_c_swallowed_by_a_library_still_stops_the_run():
     # as in a terminal's foreground job, whatever SIGINT this test process inherited
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with cli._ctrl_c_checkpoint() as check:
+        with console.ctrl_c_checkpoint() as check:
             check()                                   # nothing pressed yet
             try:
                 os.kill(os.getpid(), signal.SIGINT)

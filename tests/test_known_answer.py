@@ -49,8 +49,8 @@ def models(weights):
 
 
 @pytest.fixture(scope="module")
-def avatar(tmp_path_factory):
-    return demo.avatar(cache_dir=tmp_path_factory.mktemp("demo-cache"))
+def avatar(demo_cache):
+    return demo.avatar(cache_dir=demo_cache)
 
 
 @pytest.fixture(scope="module")

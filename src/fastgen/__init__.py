@@ -11,7 +11,7 @@ stays cheap)::
     Stream          push audio, pull frames as soon as they exist
     EngineConfig    sessions, threads, batch and workers a Generator uses
     JpegDirectory   sink: frames -> frame_00001.jpg ...
-    Mp4File         sink: frames + audio -> H.264 + AAC
+    VideoFile       sink: frames + audio -> H.264 + AAC (.mp4, .mov, .mkv); alias Mp4File
     open_session    the inference seam (fastgen.runtime)
     FastgenError    base of every user-facing error: InputError, ModelError, AvatarError
 
@@ -41,9 +41,9 @@ from .errors import AvatarError, FastgenError, InputError, ModelError
 _LAZY = {
     "Avatar": "avatar", "Generator": "engine", "EngineConfig": "engine", "Frame": "frame",
     "FrameStep": "frame", "FeatureTable": "features", "Stream": "stream",
-    "JpegDirectory": "sinks", "Mp4File": "sinks", "open_session": "runtime",
+    "JpegDirectory": "sinks", "Mp4File": "sinks", "VideoFile": "sinks", "open_session": "runtime",
 }
-_SUBMODULES = ("atomic", "audio", "avatar", "benchmarks", "cli", "demo", "engine", "features",
+_SUBMODULES = ("atomic", "audio", "avatar", "benchmarks", "cli", "console", "demo", "engine", "features",
                "frame", "image", "models", "runtime", "scheduler", "sinks", "stream", "timing")
 
 __all__ = sorted(["AvatarError", "FastgenError", "InputError", "ModelError", "__version__",
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from .features import FeatureTable
     from .frame import Frame, FrameStep
     from .runtime import open_session
-    from .sinks import JpegDirectory, Mp4File
+    from .sinks import JpegDirectory, Mp4File, VideoFile
     from .stream import Stream
 
 

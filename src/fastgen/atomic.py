@@ -61,8 +61,38 @@ def _cannot(dest: Path, what: str, exc: OSError, verb: str = "write") -> str:
 
 
 @contextmanager
+def _building(dest: Path, error: Optional[Type[FastgenError]], what: str, make_temp, finish,
+              discard) -> Iterator[Path]:
+    """The shared frame of :func:`building_dir` and :func:`building_file`: make the temporary
+    beside ``dest``, yield it, ``finish(tmp, dest)`` on success, ``discard(tmp)`` whatever happens."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp(dest)
+    except OSError as exc:
+        raise InputError(_cannot(dest, what, exc, "create")) from None
+    try:
+        yield tmp
+        finish(tmp, dest)
+    except OSError as exc:
+        if error is None:
+            raise
+        raise error(_cannot(dest, what, exc)) from None
+    finally:
+        if tmp.exists():
+            discard(tmp)
+
+
+def _keep_first(tmp: Path, dest: Path) -> None:
+    try:
+        os.rename(tmp, dest)     # fails if dest appeared meanwhile: theirs is kept
+    except OSError:
+        if not dest.is_dir():
+            raise
+
+
 def building_dir(dest: Path, error: Optional[Type[FastgenError]], what: str, *,
-                 keep_existing: bool = False) -> Iterator[Path]:
+                 keep_existing: bool = False):
     """``with building_dir(dest, AvatarError, "the pack") as tmp:`` fill ``tmp``; on success it
     replaces ``dest``; on any failure ``tmp`` is removed and ``dest`` is left as it was (an
     ``OSError`` becomes ``error`` with a one-line message naming ``dest``, never the temporary name;
@@ -73,50 +103,13 @@ def building_dir(dest: Path, error: Optional[Type[FastgenError]], what: str, *,
     meanwhile), the first one wins: ``tmp`` is discarded and ``dest`` never vanishes, not even
     for an instant.
     """
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_for(dest)
-    except OSError as exc:
-        raise InputError(_cannot(dest, what, exc, "create")) from None
-    try:
-        yield tmp
-        if keep_existing:
-            try:
-                os.rename(tmp, dest)     # fails if dest appeared meanwhile: theirs is kept
-            except OSError:
-                if not dest.is_dir():
-                    raise
-        else:
-            swap_into_place(tmp, dest)
-    except OSError as exc:
-        if error is None:
-            raise
-        raise error(_cannot(dest, what, exc)) from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return _building(dest, error, what, temp_dir_for, _keep_first if keep_existing else swap_into_place,
+                     lambda tmp: shutil.rmtree(tmp, ignore_errors=True))
 
 
-@contextmanager
-def building_file(dest: Path, error: Optional[Type[FastgenError]], what: str) -> Iterator[Path]:
+def building_file(dest: Path, error: Optional[Type[FastgenError]], what: str):
     """``with building_file(dest, ModelError, "the model") as tmp:`` write ``tmp`` (a fresh
     name beside ``dest`` with ``dest``'s suffix and a umask mode); on success it atomically
     replaces ``dest``; on any failure it is removed.  ``OSError`` becomes ``error`` naming ``dest``
     (unless ``error`` is None, as for :func:`building_dir`)."""
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_file_for(dest)
-    except OSError as exc:
-        raise InputError(_cannot(dest, what, exc, "create")) from None
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    except OSError as exc:
-        if error is None:
-            raise
-        raise error(_cannot(dest, what, exc)) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return _building(dest, error, what, temp_file_for, os.replace, Path.unlink)

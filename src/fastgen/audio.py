@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 
 from ._ext import mel as _mel
 from .errors import InputError
-from .timing import FPS, HOP, MEL_PER_SECOND, SAMPLE_RATE, WINDOW_FRAMES, window_start
+from .timing import FPS, HOP, MEL_PER_SECOND, MIN_SAMPLES, SAMPLE_RATE, WINDOW_FRAMES, window_start
 
 N_FFT = 800
 N_MELS = 80
@@ -24,27 +25,65 @@ PREEMPHASIS = 0.97
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def load_audio(path: PathLike) -> np.ndarray:
-    """Read any file soundfile reads as float32 mono at 16 kHz.
+@dataclass(frozen=True)
+class SourceAudio:
+    """A file's sound as it is: float32 samples (n, channels) at its own ``rate``.
 
-    Channels are averaged; other rates are resampled with soxr "HQ" and the length fixed to
-    ``ceil(n * 16000 / rate)``, as ``librosa.load(path, sr=16000)`` does.  16 kHz input is
-    returned untouched.
+    What a video carries (docs/semantics.md §9.3); :meth:`for_model` is what the model hears.
     """
-    import soundfile as sf
-    import soxr
 
+    samples: np.ndarray
+    rate: int
+    path: str = ""
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[0] / self.rate
+
+    def for_model(self) -> np.ndarray:
+        """float32 mono at 16 kHz, exactly as :func:`load_audio` returns it."""
+        return to_model_rate(self.samples, self.rate)
+
+
+def check_audio_file(path: PathLike) -> str:
+    """The path as a string, if it names an existing file (cheap: no audio library imported)."""
     name = os.fspath(path)
     if not os.path.exists(name):
         raise InputError(f"{name}: no such audio file")
     if os.path.isdir(name):
         raise InputError(f"{name}: is a directory, not an audio file")
+    return name
+
+
+def read_audio(path: PathLike) -> SourceAudio:
+    """Read any file soundfile reads, keeping its rate and channels."""
+    import soundfile as sf
+
+    name = check_audio_file(path)
     try:
         data, rate = sf.read(name, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/TypeError
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{name}: cannot read audio ({reason})") from None
-    wav = data[:, 0] if data.shape[1] == 1 else np.mean(data, axis=1, dtype=np.float32)
+    if data.shape[1] < 1:
+        raise InputError(f"{name}: the file has no audio channels")
+    return SourceAudio(np.ascontiguousarray(data), int(rate), name)
+
+
+def to_model_rate(samples: np.ndarray, rate: int) -> np.ndarray:
+    """(n, channels) samples at ``rate`` -> float32 mono at 16 kHz.
+
+    Channels are averaged; other rates are resampled with soxr "HQ" and the length fixed to
+    ``ceil(n * 16000 / rate)``, as ``librosa.load(path, sr=16000)`` does.  16 kHz mono input is
+    returned untouched.
+    """
+    import soxr
+
+    wav = samples[:, 0] if samples.shape[1] == 1 else np.mean(samples, axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
         n_out = int(np.ceil(wav.shape[0] * (SAMPLE_RATE / rate)))
         wav = soxr.resample(wav, rate, SAMPLE_RATE, quality="HQ")
@@ -53,6 +92,11 @@ def load_audio(path: PathLike) -> np.ndarray:
         else:
             wav = np.pad(wav, (0, n_out - wav.shape[0]))
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def load_audio(path: PathLike) -> np.ndarray:
+    """Read any file soundfile reads as float32 mono at 16 kHz (see :func:`to_model_rate`)."""
+    return read_audio(path).for_model()
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
@@ -158,6 +202,14 @@ def stft_magnitude(wav: np.ndarray, n_fft: int = N_FFT, hop: int = HOP, pad_mode
     return out
 
 
+def check_length(n_samples: int, where: str = "audio") -> None:
+    """Refuse audio shorter than one encoder window, naming ``where`` and the real durations."""
+    if n_samples < MIN_SAMPLES:
+        raise InputError(f"{where}: too short ({n_samples / SAMPLE_RATE:.3f} s, {n_samples} samples at "
+                         f"16 kHz); at least {MIN_SAMPLES / SAMPLE_RATE:.2f} s ({MIN_SAMPLES} samples) "
+                         "is needed")
+
+
 def window_count(n_mel_frames: int) -> int:
     """Number of audio-encoder windows N for T mel frames (docs/semantics.md §2)."""
     return int((n_mel_frames - WINDOW_FRAMES) / MEL_PER_SECOND * FPS) + 2
@@ -180,9 +232,7 @@ def mel_windows(mel: np.ndarray) -> np.ndarray:
         raise InputError(f"mel must have shape (T, {N_MELS}), got {mel.shape}")
     t = mel.shape[0]
     if t < WINDOW_FRAMES:
-        raise InputError(
-            f"audio too short: {t} mel frames ({(t - 1) * HOP / SAMPLE_RATE:.3f} s); "
-            f"at least {WINDOW_FRAMES} frames ({(WINDOW_FRAMES - 1) * HOP / SAMPLE_RATE:.2f} s) are needed"
-        )
+        raise InputError(f"audio too short: {t} mel frames; at least {WINDOW_FRAMES} "
+                         f"({MIN_SAMPLES / SAMPLE_RATE:.2f} s of audio) are needed")
     idx = window_starts(t)[:, None] + np.arange(WINDOW_FRAMES)
     return np.ascontiguousarray(mel[idx].transpose(0, 2, 1)[:, None], dtype=np.float32)

@@ -1,27 +1,68 @@
-"""Command-line interface: ``fastgen <command>``.
+"""fastgen: lip-sync video generation from speech audio and an avatar.
 
 Every user-facing failure is a :class:`fastgen.FastgenError`; the CLI prints its one-line message
-and exits non-zero, without a traceback.
+(naming the option or file the user gave) and exits with status 2, without a traceback.
+Arguments and files are checked before the heavy libraries (numpy, ONNX Runtime, PyAV) are
+imported, so a mistake is reported at once.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
-import threading
 
 from ._version import __version__
-from .errors import FastgenError
+from .console import ctrl_c_checkpoint, progress_reporter
+from .errors import FastgenError, InputError
 
+DESCRIPTION = ("Lip-sync video generation: speech audio in, a talking avatar's frames out "
+               "(JPEG files or a video with the sound muxed in).")
+
+
+# --------------------------------------------------------------------------- checks (no heavy imports)
+
+def _at_least(args: argparse.Namespace, option: str, low: float, *, strict: bool = False) -> None:
+    value = getattr(args, option.lstrip("-").replace("-", "_"), None)
+    if value is None:
+        return
+    if value < low or (strict and value == low):
+        bound = f"> {low:g}" if strict else f">= {low:g}"
+        raise InputError(f"{option} must be {bound} (got {value:g})")
+
+
+def _existing(path, what: str, *, directory: bool = False) -> None:
+    if path is None:
+        return
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such {what}")
+    if directory and not os.path.isdir(path):
+        raise InputError(f"{path}: not a directory (an avatar is a SyncTalk_2D dataset, an exported "
+                         "package or a fastgen pack directory)")
+    if not directory and os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not an {what}" if what[0] in "aeiou"
+                         else f"{path}: is a directory, not a {what}")
+
+
+def _check_engine_args(args: argparse.Namespace) -> None:
+    for option in ("--sessions", "--threads", "--batch", "--workers"):
+        _at_least(args, option, 1)
+    _existing(args.avatar, "avatar directory", directory=True)
+    _existing(args.audio, "audio file")
+
+
+def _model_source(path, what: str) -> None:
+    if path is not None and not str(path).startswith("synthetic"):
+        _existing(path, what)
+
+
+# --------------------------------------------------------------------------- commands
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    _model_source(args.generator, "generator checkpoint")
+    _model_source(args.audio_encoder, "audio encoder checkpoint")
     from .models import export_models
 
-    manifest = export_models(
-        args.generator, args.output, audio_encoder=args.audio_encoder, mode=args.mode
-    )
+    manifest = export_models(args.generator, args.output, audio_encoder=args.audio_encoder, mode=args.mode)
     if not args.quiet:
         label = " [synthetic weights]" if manifest.get("synthetic") else ""
         print(f"exported {args.output}: " + ", ".join(sorted(manifest["files"])) + label)
@@ -29,6 +70,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    _existing(args.source, "avatar directory", directory=True)
+    _model_source(args.generator, "generator model")
+    _model_source(args.audio_encoder, "audio encoder model")
     import time
 
     from .avatar import prepare
@@ -44,80 +88,48 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(args: argparse.Namespace):
-    """A tqdm bar on a terminal, plain lines with --progress, nothing with --quiet."""
-    if args.quiet:
-        return None, lambda: None
-    if getattr(args, "progress", False):
-        def line(done: int, total: int) -> None:
-            print(f"frame {done}/{total}", file=sys.stderr, flush=True)
+def _open_avatar(args: argparse.Namespace):
+    """The avatar of ``--avatar`` (default: the demo), with ``--generator`` / ``--audio-encoder``
+    honoured either way."""
+    from . import demo
+    from .avatar import Avatar
 
-        return line, lambda: None
-    if not sys.stderr.isatty():
-        return None, lambda: None
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, unit="frame", file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-
-    def update(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.total = total
-            bar.refresh()
-        bar.update(done - bar.n)
-
-    return update, bar.close
+    generator, encoder = getattr(args, "generator", None), getattr(args, "audio_encoder", None)
+    if args.avatar:
+        return Avatar.open(args.avatar, generator=generator, audio_encoder=encoder)
+    if generator or encoder:
+        return Avatar.open(demo.avatar().path, generator=generator, audio_encoder=encoder)
+    return demo.avatar()
 
 
-@contextlib.contextmanager
-def _ctrl_c_checkpoint():
-    """Yields ``check()``, which raises KeyboardInterrupt once Ctrl-C has been pressed.
+def _engine(args: argparse.Namespace, avatar):
+    from .engine import Generator
 
-    The usual KeyboardInterrupt still fires at once; the render loop also calls ``check()`` after
-    every frame, so an interrupt that a library call caught still stops the run at the next frame.
+    return Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers,
+                     blend=getattr(args, "blend", "feather"), sessions=args.sessions)
 
-    A process that inherited SIGINT as *ignored* (a job a non-interactive shell started with
-    ``&``) keeps ignoring it, as POSIX shells and CPython intend: Python installs its
-    KeyboardInterrupt handler only when SIGINT is at its default, and so do we.  That inherited
-    disposition was why one test run once "lost" a Ctrl-C: the suite had been started in the
-    background, so the ``fastgen run`` child ignored the signal the test sent.
-    """
-    pressed = threading.Event()
 
-    def on_sigint(signum, frame):
-        pressed.set()
-        raise KeyboardInterrupt
-
-    def check() -> None:
-        if pressed.is_set():
-            raise KeyboardInterrupt
-
-    # signals only reach the main thread; an ignored or custom SIGINT is the caller's choice
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield check
-        return
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield check
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _label(gen) -> str:
+    return f" [{gen.weights_label}]" if gen.weights_label else ""
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from . import demo
-    from .avatar import Avatar
-    from .engine import Generator
-
-    if args.avatar:
-        avatar = Avatar.open(args.avatar, generator=args.generator, audio_encoder=args.audio_encoder)
-    else:
-        avatar = demo.avatar()
-    audio = args.audio if args.audio else demo.audio()
+    _check_engine_args(args)
+    _at_least(args, "--frames", 1)
+    if not 1 <= args.jpeg_quality <= 100:
+        raise InputError(f"--jpeg-quality must be 1..100 (got {args.jpeg_quality})")
+    _model_source(args.generator, "generator model")
+    _model_source(args.audio_encoder, "audio encoder model")
     output = args.output or ("fastgen_demo.mp4" if not (args.avatar or args.audio) else "fastgen_out.mp4")
-    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend=args.blend,
-                    sessions=args.sessions)
-    update, close = _progress(args)
-    with _ctrl_c_checkpoint() as check:
+    from .sinks import open_sink
+
+    open_sink(output, jpeg_quality=args.jpeg_quality)        # a bad output fails before any work
+    from . import demo
+
+    gen = _engine(args, _open_avatar(args))
+    audio = args.audio if args.audio else demo.audio()
+    update, close = progress_reporter(args)
+    with ctrl_c_checkpoint() as check:
         def progress(done: int, total: int) -> None:
             check()
             if update:
@@ -128,13 +140,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                  progress=progress)
         finally:
             close()
-    label = f" [{gen.weights_label}]" if gen.weights_label else ""
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps) "
-          f"-> {summary['output']}{label}")
+          f"-> {summary['output']}{_label(gen)}")
     return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _check_engine_args(args)
+    _at_least(args, "--frames", 1)
+    _at_least(args, "--rounds", 1)
     import json
 
     from .benchmarks import run_bench
@@ -152,152 +166,115 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"ceiling would be {report['ceiling_vs_baseline']:.2f}x) | first frame "
               f"{report['first_frame_s']:.2f} s | peak RSS {report['peak_rss_mb']:.0f} MB | "
               f"{report['frames']} frames, median of {report['rounds']} rounds"
-              + (" [synthetic weights]" if report["synthetic_weights"] else ""))
+              + (f" [{report['weights_label']}]" if report["weights_label"] else ""))
     return 0
-
-
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _cmd_stream(args: argparse.Namespace) -> int:
     """Feed a file in small chunks as a live source would, and measure latency and throughput."""
+    _check_engine_args(args)
+    _at_least(args, "--chunk-ms", 0, strict=True)
+    _at_least(args, "--seconds", 0, strict=True)
+    _at_least(args, "--delay", 0)
     import json
-    import statistics
-    import time
-
-    import numpy as np
 
     from . import demo
     from .audio import load_audio
-    from .avatar import Avatar
-    from .engine import Generator
-    from .timing import FPS, SAMPLE_RATE
+    from .benchmarks.live import feed, loop_to
 
-    avatar = Avatar.open(args.avatar) if args.avatar else demo.avatar()
+    gen = _engine(args, _open_avatar(args))
     wav = load_audio(args.audio) if args.audio else demo.audio()
-    if args.seconds:   # loop the clip to a given length (memory soak)
-        reps = int(np.ceil(args.seconds * SAMPLE_RATE / len(wav)))
-        wav = np.tile(wav, reps)[: int(args.seconds * SAMPLE_RATE)]
-    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers, blend="hard",
-                    sessions=args.sessions)
-    stream = gen.stream(silence_db=args.silence_db)
-    chunk = max(1, int(SAMPLE_RATE * args.chunk_ms / 1000))
-    compute_lat, e2e_lat, rss = [], [], []
-    frames = late = 0
-    t_start = time.perf_counter()
-    for i in range(0, len(wav), chunk):
-        arrival = t_start + (i + chunk) / SAMPLE_RATE if args.realtime else time.perf_counter()
-        if args.realtime:
-            time.sleep(max(0.0, arrival - time.perf_counter()))
-        out = stream.push(wav[i:i + chunk])
-        ready = time.perf_counter()
-        for f in out:
-            compute_lat.append(ready - arrival)
-            if args.realtime:
-                e2e_lat.append(ready - (t_start + f.pts))
-                late += ready > t_start + f.pts + args.delay
-        frames += len(out)
-        if frames and (frames // 250) != ((frames - len(out)) // 250):
-            rss.append(round(_rss_mb(), 1))
-        if not args.quiet and out and not args.json:
+    if args.seconds:
+        wav = loop_to(wav, args.seconds)
+    show = None
+    if not (args.quiet or args.json):
+        def show(frames: int) -> None:
             print(f"frame {frames}", file=sys.stderr, flush=True)
-    out = stream.flush()
-    frames += len(out)
-    wall = time.perf_counter() - t_start
-
-    def pct(xs, q):
-        return round(statistics.quantiles(xs, n=100)[q - 1], 4) if len(xs) >= 2 else (round(xs[0], 4) if xs else None)
-
-    report = {
-        "frames": frames, "audio_s": round(len(wav) / SAMPLE_RATE, 2), "wall_s": round(wall, 2),
-        "fps": round(frames / wall, 2), "real_time_factor": round(frames / wall / FPS, 3),
-        "chunk_ms": args.chunk_ms, "realtime": bool(args.realtime),
-        "latency_chunk_to_frame_s": {"median": pct(compute_lat, 50), "p95": pct(compute_lat, 95)},
-        "latency_audio_to_frame_s": ({"median": pct(e2e_lat, 50), "p95": pct(e2e_lat, 95)}
-                                     if args.realtime else None),
-        "late_frames": late if args.realtime else None, "playout_delay_s": args.delay,
-        "dropped_frames": 0, "rss_mb_every_250_frames": rss,
-        "synthetic_weights": gen.synthetic, "config": gen.config.as_dict(),
-    }
+    report = feed(gen, wav, chunk_ms=args.chunk_ms, realtime=args.realtime, delay=args.delay,
+                  silence_db=args.silence_db, on_frames=show)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
         lat = report["latency_chunk_to_frame_s"]
-        print(f"{frames} frames, {report['fps']:.2f} fps (real-time factor {report['real_time_factor']:.2f}), "
-              f"chunk->frame latency median {lat['median']} s p95 {lat['p95']} s"
-              + (f", late {late}" if args.realtime else ""))
+        print(f"{report['frames']} frames, {report['fps']:.2f} fps (real-time factor "
+              f"{report['real_time_factor']:.2f}), chunk->frame latency median {lat['median']} s p95 "
+              f"{lat['p95']} s" + (f", late {report['late_frames']}" if args.realtime else "") + _label(gen))
     return 0
 
 
+# --------------------------------------------------------------------------- parser
+
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--avatar", help="avatar pack, SyncTalk_2D dataset or exported package "
-                                    "(default: the embedded demo)")
-    p.add_argument("--audio", help="speech audio file (default: the demo clip)")
-    p.add_argument("--sessions", type=int, help="generator sessions side by side (default: one per core)")
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per session (default: cores / sessions)")
+                                    "(default: the built-in demo avatar)")
+    p.add_argument("--audio", help="speech audio file, any format soundfile reads (default: the demo clip)")
+    p.add_argument("--sessions", type=int, help="generator sessions side by side (default: 1)")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads per session (default: cores / sessions)")
     p.add_argument("--batch", type=int, help="generator batch size (default: 1)")
     p.add_argument("--workers", type=int, help="post-processing threads (default: one per session)")
+    p.add_argument("--blend", choices=("feather", "hard"), default="feather",
+                   help="paste the mouth with a feathered edge (default) or hard, exactly like the reference")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_model_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--generator", help=f"generator model (.onnx or .pth) {what}")
+    p.add_argument("--audio-encoder", help=f"audio encoder (.onnx or audio_visual_encoder.pth) {what}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastgen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fastgen", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"fastgen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modes = ("ave", "hubert", "wenet")
 
     p = sub.add_parser("export", help="convert SyncTalk_2D .pth checkpoints to ONNX")
-    p.add_argument("--generator", required=True, help="generator checkpoint (.pth)")
-    p.add_argument("--audio-encoder", help="audio_visual_encoder.pth")
-    p.add_argument("--mode", default="ave", choices=("ave", "hubert", "wenet"))
+    p.add_argument("--generator", required=True, help="generator checkpoint (.pth), or synthetic[:SEED]")
+    p.add_argument("--audio-encoder", help="audio_visual_encoder.pth, or synthetic[:SEED]")
+    p.add_argument("--mode", default="ave", choices=modes,
+                   help="the generator's audio features: ave (SyncTalk_2D's own encoder, default), "
+                        "hubert or wenet")
     p.add_argument("-o", "--output", required=True, help="output directory")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("prepare", help="compile an avatar (SyncTalk_2D dataset, exported package or "
                                        "pack) into a fast fastgen avatar pack")
     p.add_argument("source", help="avatar directory")
     p.add_argument("-o", "--output", required=True, help="pack directory to write")
-    p.add_argument("--generator", help="generator model (.onnx or .pth); default: the one in SOURCE")
-    p.add_argument("--audio-encoder", help="audio encoder (.onnx or audio_visual_encoder.pth)")
-    p.add_argument("--mode", choices=("ave", "hubert", "wenet"),
-                   help="audio mode of a .pth generator (default ave)")
-    p.add_argument("--quiet", action="store_true")
+    _add_model_options(p, "(default: the one in SOURCE)")
+    p.add_argument("--mode", choices=modes, help="audio mode of a .pth generator (default: ave)")
+    p.add_argument("--quiet", action="store_true", help="print nothing on success")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("run", help="render an avatar speaking an audio file (default: the demo)")
     _add_engine_options(p)
-    p.add_argument("-o", "--output", help="an .mp4 file or a directory for JPEG frames "
-                                          "(default: fastgen_demo.mp4 / fastgen_out.mp4)")
-    p.add_argument("--frames", type=int, help="render only the first N frames")
-    p.add_argument("--blend", choices=("feather", "hard"), default="feather",
-                   help="paste with a feathered edge (default) or hard, exactly like the reference")
-    p.add_argument("--jpeg-quality", type=int, default=95)
-    p.add_argument("--generator", help="generator model (.onnx/.pth) overriding the avatar's")
-    p.add_argument("--audio-encoder", help="audio encoder model (.onnx/.pth) overriding the avatar's")
+    p.add_argument("-o", "--output", help="a video (.mp4, .mov, .mkv) or a directory for JPEG frames (a "
+                                          "name ending in / or without an extension); default: "
+                                          "fastgen_demo.mp4, or fastgen_out.mp4 with --avatar/--audio")
+    p.add_argument("--frames", type=int, help="render only the first N frames (default: all)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of frame files, 1-100 (default: 95)")
+    _add_model_options(p, "overriding the avatar's")
     p.add_argument("--progress", action="store_true", help="print progress lines even when not on a terminal")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="measure model-only, pipeline and baseline FPS in one run")
     _add_engine_options(p)
-    p.add_argument("--frames", type=int, default=250)
+    p.add_argument("--frames", type=int, default=250, help="frames per pipeline run (default: 250)")
     p.add_argument("--rounds", type=int, default=3,
-                   help="interleaved repeats of every measurement; medians are reported")
+                   help="interleaved repeats of every measurement; medians are reported (default: 3)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("stream", help="feed audio in small chunks like a live source; report latency")
     _add_engine_options(p)
     p.add_argument("--realtime", action="store_true", help="pace the chunks in real time")
-    p.add_argument("--chunk-ms", type=float, default=20.0)
-    p.add_argument("--delay", type=float, default=0.6, help="playout delay for counting late frames (s)")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="chunk length in ms (default: 20)")
+    p.add_argument("--delay", type=float, default=0.6,
+                   help="playout delay for counting late frames, s (default: 0.6)")
     p.add_argument("--seconds", type=float, help="loop the audio to this length (memory soak)")
-    p.add_argument("--silence-db", type=float, help="skip the generator below this RMS level (dBFS)")
+    p.add_argument("--silence-db", type=float,
+                   help="show the template face below this RMS level, dBFS (default: off)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_stream)
     return parser

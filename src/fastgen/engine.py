@@ -23,11 +23,11 @@ from . import audio as audio_io
 from .errors import InputError, ModelError
 from .features import FeatureTable
 from .frame import Frame, FrameStep, feather_width
-from .models import inspect, weights_label
+from .models import WEIGHTS_LABELS, inspect, weights_kind
 from .models.graphs import EMB_SIZE
 from .runtime import default_threads, open_session
 from .scheduler import FrameScheduler
-from .sinks import open_sink
+from .sinks import check_quality, open_sink, output_kind
 from .timing import FEATURE_CONTEXT, SAMPLE_RATE
 
 AudioLike = Union[str, "os.PathLike[str]", np.ndarray]
@@ -131,13 +131,14 @@ class Generator:
         return tuple(self.generator_info.inputs["audio"])
 
     @property
-    def synthetic(self) -> bool:
-        return bool(self.generator_info.synthetic or self.encoder_info.synthetic)
+    def weights(self) -> str:
+        """"known-answer" (demo), "synthetic" or "user": read from the model files."""
+        return weights_kind(self.generator_info, self.encoder_info)
 
     @property
     def weights_label(self) -> Optional[str]:
         """"known-answer demo weights", "synthetic weights", or None for a user's own models."""
-        return weights_label(self.generator_info, self.encoder_info)
+        return WEIGHTS_LABELS[self.weights]
 
     # ------------------------------------------------------------------ audio side
 
@@ -151,15 +152,19 @@ class Generator:
         out = [self.encoder.run({"mel": windows[i:i + step]}) for i in range(0, len(windows), step)]
         return np.concatenate(out).reshape(len(windows), -1) if out else np.zeros((0, EMB_SIZE), np.float32)
 
-    def feature_table(self, audio: AudioLike, *, start: int = 0, count: Optional[int] = None) -> FeatureTable:
+    def feature_table(self, audio: AudioLike, *, start: int = 0, count: Optional[int] = None,
+                      where: Optional[str] = None) -> FeatureTable:
         """The lazily encoded :class:`FeatureTable` of frames ``start .. start + count - 1``.
 
         ``audio`` is a path or a float32 16 kHz mono array; for hubert / wenet models a ``.npy`` of
         precomputed (N, D) features.  Only the encoder windows those frames read are computed.
+        ``where`` names the audio in errors (default: the path, or "audio").
         """
         if self.mode != "ave":
             return FeatureTable.from_rows(self._external_features(audio), start, count)
-        windows = audio_io.mel_windows(audio_io.log_mel(self.load_audio(audio)))
+        wav = self.load_audio(audio)
+        audio_io.check_length(len(wav), where or (str(audio) if not isinstance(audio, np.ndarray) else "audio"))
+        windows = audio_io.mel_windows(audio_io.log_mel(wav))
         return FeatureTable.from_windows(windows, self.encode_windows, start, count)
 
     def features(self, audio: AudioLike, *, start: int = 0, count: Optional[int] = None) -> np.ndarray:
@@ -197,8 +202,9 @@ class Generator:
         """N + 2 for this audio (docs/semantics.md §3)."""
         if self.mode != "ave":
             return len(self._external_features(audio)) + 2
-        mel = audio_io.log_mel(self.load_audio(audio))
-        return len(audio_io.mel_windows(mel)) + 2
+        wav = self.load_audio(audio)
+        audio_io.check_length(len(wav), str(audio) if not isinstance(audio, np.ndarray) else "audio")
+        return len(audio_io.mel_windows(audio_io.log_mel(wav))) + 2
 
     def frames(self, audio: Union[AudioLike, FeatureTable], *, start: int = 0,
                count: Optional[int] = None) -> Iterator[Frame]:
@@ -232,16 +238,26 @@ class Generator:
 
     def render(self, audio: AudioLike, output, *, count: Optional[int] = None, jpeg_quality: int = 95,
                progress: Optional[Callable[[int, int], None]] = None) -> dict:
-        """Render to a JPEG directory (``frame_00001.jpg`` ...) or an ``.mp4`` (H.264 + AAC).
+        """Render to a JPEG directory (``frame_00001.jpg`` ...) or a video (``.mp4``, ``.mov``,
+        ``.mkv``: H.264 + the audio file's own sound as AAC, at its rate and channels).
 
         Composes :meth:`frames` with the sink :func:`fastgen.sinks.open_sink` picks for
         ``output``; written under a temporary name and renamed when complete.  Returns a summary
         dict (frames, seconds, fps, output).
         """
-        wav = self.load_audio(audio)
-        sink = open_sink(Path(output), jpeg_quality=jpeg_quality, audio=wav,
+        if count is not None and count < 1:
+            raise InputError(f"count must be >= 1 (got {count}): there would be nothing to write")
+        check_quality(jpeg_quality)
+        output_kind(output)                                   # a bad name fails before any work
+        if isinstance(audio, np.ndarray):
+            source = audio_io.SourceAudio(np.asarray(audio, np.float32).reshape(-1, 1), SAMPLE_RATE)
+            wav = audio
+        else:
+            source = audio_io.read_audio(audio)               # the video keeps this sound as it is
+            wav = source.for_model()
+        sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,
                          frame_size=self.avatar.frame_size)
-        table = self.feature_table(wav, count=count)          # mel once; frames table.frames
+        table = self.feature_table(wav, count=count, where=source.path or "audio")
         t0 = time.perf_counter()
         n = sink.write(self.frames(table), total=len(table.frames), progress=progress)
         seconds = time.perf_counter() - t0

@@ -21,7 +21,7 @@ from . import image
 from .errors import InputError
 
 _ROI = slice(image.ROI_OFFSET, image.ROI_OFFSET + image.ROI_SIZE)
-BLENDS = {"hard": 0, "feather": 6}   # feather width in pixels of a 328-pixel crop
+BLENDS = {"hard": 0, "feather": 6}   # edge ramp in pixels of the box as pasted (docs/semantics.md §6.4)
 
 
 @dataclass

@@ -69,10 +69,13 @@ class OrtSession:
         return self.session.run(None, dict(feeds))[0]
 
     def describe(self) -> dict:
+        import onnxruntime
+
         return {"path": str(self.info.path), "kind": self.info.kind, "mode": self.info.mode,
-                "backend": self.backend, "providers": self.providers, "precision": self.precision,
+                "backend": self.backend, "backend_version": f"onnxruntime {onnxruntime.__version__}",
+                "providers": self.providers, "precision": self.precision,
                 "threads": self.threads, "dynamic_batch": self.info.dynamic_batch,
-                "synthetic": self.info.synthetic}
+                "weights": self.info.weights}
 
 
 class _SharedArena:

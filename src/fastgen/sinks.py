@@ -1,29 +1,53 @@
 """Where frames go: sinks that consume any iterable of :class:`~fastgen.frame.Frame`.
 
 - :class:`JpegDirectory`: ``frame_00001.jpg`` ... in a directory;
-- :class:`Mp4File`: H.264 video with the speech muxed in as AAC.
+- :class:`VideoFile`: H.264 video with the source's sound muxed in as AAC, in an MP4, MOV or
+  Matroska container (``Mp4File`` is the same class).
 
 Both are written under a temporary name next to the output and renamed only when complete
 (:mod:`fastgen.atomic`), so an interrupted or failed run never leaves a half file under the final
-name.  :func:`open_sink` picks one for an output path and checks the path before any work starts.
-Frames can come from :meth:`Generator.frames`, a :class:`~fastgen.stream.Stream`, or a caller's
-own post-processing of either.
+name.  :func:`output_kind` is the one rule for what a path means; :func:`open_sink` picks the sink
+and checks the path before any work starts.  Frames can come from :meth:`Generator.frames`, a
+:class:`~fastgen.stream.Stream`, or a caller's own post-processing of either.
+
+This module imports numpy, PyAV and simplejpeg only when it writes, so the CLI can check an output
+path in milliseconds.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
 
 from .atomic import building_dir, building_file
 from .errors import InputError
-from .frame import Frame
-from .timing import FPS, SAMPLE_RATE
+from .timing import FPS
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov")
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .audio import SourceAudio
+    from .frame import Frame
+
+# what PyAV writes with H.264 + AAC, by extension
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+# sample rates the AAC encoder takes; other rates are resampled to the next one up (or 96 kHz)
+AAC_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
 Progress = Optional[Callable[[int, int], None]]
+
+
+def output_kind(output) -> str:
+    """"video" for ``.mp4 .m4v .mov .mkv``; "jpeg" for a directory: a path ending in ``/``, an
+    existing directory, or a name with no extension.  Anything else is an :class:`InputError`."""
+    text = os.fspath(output)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir() or not path.suffix:
+        return "jpeg"
+    if path.suffix.lower() in CONTAINERS:
+        return "video"
+    raise InputError(f"{path}: unknown output type {path.suffix!r}; use .mp4, .mov or .mkv for a "
+                     "video, or a directory (a name ending in / or without an extension) for JPEG frames")
 
 
 def _check_parent(output: Path) -> None:
@@ -34,6 +58,12 @@ def _check_parent(output: Path) -> None:
         raise InputError(f"{output}: the folder {parent} is not writable")
 
 
+def check_quality(quality: int, option: str = "jpeg_quality") -> int:
+    if not 1 <= int(quality) <= 100:
+        raise InputError(f"{option} must be 1..100 (got {quality})")
+    return int(quality)
+
+
 class JpegDirectory:
     """Writes frames as ``frame_00001.jpg`` ... (quality ``quality``, 4:2:0) into ``path``.
 
@@ -42,9 +72,7 @@ class JpegDirectory:
 
     def __init__(self, path, quality: int = 95):
         self.path = Path(path)
-        if not 1 <= int(quality) <= 100:
-            raise InputError(f"jpeg_quality must be 1..100, got {quality}")
-        self.quality = int(quality)
+        self.quality = check_quality(quality)
         _check_parent(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is a file; choose another output name")
@@ -55,13 +83,13 @@ class JpegDirectory:
                              "choose another output name")
 
     @staticmethod
-    def encode_image(image: np.ndarray, quality: int = 95) -> bytes:
+    def encode_image(image: "np.ndarray", quality: int = 95) -> bytes:
         """One frame as the JPEG this sink writes (4:2:0, libjpeg-turbo via simplejpeg)."""
         import simplejpeg
 
         return simplejpeg.encode_jpeg(image, quality=quality, colorspace="BGR", colorsubsampling="420")
 
-    def write(self, frames: Iterable[Frame], *, total: Optional[int] = None, progress: Progress = None) -> int:
+    def write(self, frames: Iterable["Frame"], *, total: Optional[int] = None, progress: Progress = None) -> int:
         """Consume ``frames``; returns how many were written."""
         n = 0
         with building_dir(self.path, None, "the frames") as tmp:
@@ -72,35 +100,42 @@ class JpegDirectory:
         return n
 
 
-class Mp4File:
+class VideoFile:
     """Writes frames as H.264 (CRF 18, yuv420p) at 25 fps with ``audio`` muxed in as AAC.
 
-    ``audio`` is float32 16 kHz mono; the part that the written frames cover is muxed.
+    ``audio`` (:class:`fastgen.audio.SourceAudio`) keeps its sample rate and channels (resampled
+    only where AAC has no such rate); the part the written frames cover is muxed, from the same
+    instant as the first frame.  The container follows the extension (:data:`CONTAINERS`).
     """
 
-    def __init__(self, path, audio: np.ndarray, frame_size: tuple[int, int]):
+    def __init__(self, path, audio: Optional["SourceAudio"], frame_size: tuple[int, int]):
         self.path = Path(path)
+        if self.path.suffix.lower() not in CONTAINERS:
+            raise InputError(f"{self.path}: a video needs one of {', '.join(CONTAINERS)}")
         self.audio = audio
         self.frame_size = tuple(frame_size)
         _check_parent(self.path)
         if self.path.is_dir():
             raise InputError(f"{self.path}: exists and is a directory; choose another output name")
 
-    def write(self, frames: Iterable[Frame], *, total: Optional[int] = None, progress: Progress = None) -> int:
+    def write(self, frames: Iterable["Frame"], *, total: Optional[int] = None, progress: Progress = None) -> int:
         """Consume ``frames``; returns how many were written."""
         import av
+        import numpy as np
 
         w, h = self.frame_size
         n = 0
         with building_file(self.path, None, "the video") as tmp:
-            container = av.open(str(tmp), mode="w", format="mp4")
+            try:
+                container = av.open(str(tmp), mode="w", format=CONTAINERS[self.path.suffix.lower()])
+            except (OSError, av.error.FFmpegError) as exc:
+                raise InputError(f"{self.path}: cannot write the video ({exc})") from None
             try:
                 video = container.add_stream("libx264", rate=FPS)
                 video.width, video.height = w + (w & 1), h + (h & 1)   # yuv420p needs even sizes
                 video.pix_fmt = "yuv420p"
                 video.options = {"crf": "18", "preset": "veryfast"}
-                sound = container.add_stream("aac", rate=SAMPLE_RATE)
-                sound.layout = "mono"
+                sound = _add_audio_stream(container, self.audio) if self.audio is not None else None
                 for n, frame in enumerate(frames, 1):
                     image = frame.image
                     if image.shape[1] != video.width or image.shape[0] != video.height:
@@ -114,21 +149,49 @@ class Mp4File:
                         progress(n, total if total is not None else n)
                 for packet in video.encode():
                     container.mux(packet)
-                _mux_audio(container, sound, self.audio[: int(round(n * SAMPLE_RATE / FPS))])
+                if sound is not None:
+                    _mux_audio(container, sound, self.audio, n / FPS)
             finally:
                 container.close()
         return n
 
 
-def _mux_audio(container, stream, wav: np.ndarray) -> None:
-    import av
+Mp4File = VideoFile
 
+
+def aac_rate(rate: int) -> int:
+    """The AAC encoder's rate for a source rate: the same if AAC has it, else the next one up."""
+    return rate if rate in AAC_RATES else next((r for r in AAC_RATES if r > rate), AAC_RATES[-1])
+
+
+def _add_audio_stream(container, audio: "SourceAudio"):
+    layout = AAC_LAYOUTS.get(audio.channels)
+    if layout is None:
+        raise InputError(f"{audio.path or 'audio'}: {audio.channels} channels; an AAC track takes 1 to 8")
+    stream = container.add_stream("aac", rate=aac_rate(audio.rate))
+    stream.layout = layout
+    return stream
+
+
+def _mux_audio(container, stream, audio: "SourceAudio", seconds: float) -> None:
+    """The first ``seconds`` of ``audio`` (all of it, if shorter) into ``stream``."""
+    import av
+    import numpy as np
+
+    rate = stream.rate
+    samples = audio.samples
+    if audio.rate != rate:
+        import soxr
+
+        samples = soxr.resample(samples, audio.rate, rate, quality="HQ").astype(np.float32)
+    want = int(round(seconds * rate))
+    samples = samples[:want]
     chunk = 1024 * 16
     pts = 0
-    for i in range(0, len(wav), chunk):
-        block = np.ascontiguousarray(wav[i:i + chunk], np.float32)[None, :]
-        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
+    for i in range(0, len(samples), chunk):
+        block = np.ascontiguousarray(samples[i:i + chunk].T, np.float32)    # planar: (channels, n)
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=stream.layout.name)
+        frame.sample_rate = rate
         frame.pts = pts
         pts += block.shape[1]
         for packet in stream.encode(frame):
@@ -137,13 +200,11 @@ def _mux_audio(container, stream, wav: np.ndarray) -> None:
         container.mux(packet)
 
 
-def open_sink(output: Path, *, jpeg_quality: int = 95, audio: Optional[np.ndarray] = None,
+def open_sink(output, *, jpeg_quality: int = 95, audio: Optional["SourceAudio"] = None,
               frame_size: tuple[int, int] = (0, 0)):
-    """The sink for ``output``: an :class:`Mp4File` for ``.mp4/.m4v/.mov``, else a
+    """The sink for ``output`` (:func:`output_kind`): a :class:`VideoFile` or a
     :class:`JpegDirectory`.  Checks the path (and the quality) before anything is rendered."""
-    output = Path(output)
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise InputError(f"jpeg_quality must be 1..100, got {jpeg_quality}")
-    if output.suffix.lower() in VIDEO_SUFFIXES:
-        return Mp4File(output, audio if audio is not None else np.zeros(0, np.float32), frame_size)
-    return JpegDirectory(output, jpeg_quality)
+    check_quality(jpeg_quality)
+    if output_kind(output) == "video":
+        return VideoFile(Path(output), audio, frame_size)
+    return JpegDirectory(Path(output), jpeg_quality)

@@ -203,8 +203,7 @@ class Stream:
     def _advance(self, final: bool) -> List[Frame]:
         self._extend_mel(final)
         if self._m0 + len(self._mel) < WINDOW_FRAMES and final:
-            raise InputError(f"utterance too short: {self._n} samples; at least "
-                             f"{(WINDOW_FRAMES - 1) * HOP} samples (0.08 s) are needed")
+            audio_io.check_length(self._n, "utterance")
         self._extend_features(final)
         n_windows = self._next_window if final else None
         # frame j needs window j + 6 (row j + 7) unless the utterance has ended

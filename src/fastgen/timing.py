@@ -14,6 +14,7 @@ MEL_PER_SECOND = SAMPLE_RATE // HOP   # 80
 FPS = 25                  # output video frames per second
 WINDOW_FRAMES = 16        # mel frames per audio-encoder window
 FEATURE_CONTEXT = 8       # feature rows on each side of a frame's audio window (16 in all)
+MIN_SAMPLES = (WINDOW_FRAMES - 1) * HOP   # 3000 (0.19 s): the shortest audio with one window
 
 
 def window_start(i: int, n_mel_frames: Optional[int] = None) -> int:

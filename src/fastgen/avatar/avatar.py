@@ -44,10 +44,9 @@ class Avatar:
         self.generator_path = models.generator
         self.audio_encoder_path = models.audio_encoder
         self.mode = models.mode
-        self.synthetic = models.synthetic
         self.manifest = manifest
         self.source = source or {}
-        self._weights_label: Optional[tuple] = None
+        self._weights: Optional[str] = models.weights
 
     # ---- opening
 
@@ -88,8 +87,7 @@ class Avatar:
         listed = {kind: (root / name if name else None) for kind, name in manifest["models"].items()}
         if generator is None and audio_encoder is None:
             # trust the manifest (checked at prepare); inspecting a 48 MB ONNX costs ~80 ms
-            models = ModelFiles(listed.get("generator"), listed.get("audio_encoder"),
-                             manifest.get("mode"), bool(manifest.get("synthetic")))
+            models = ModelFiles(listed.get("generator"), listed.get("audio_encoder"), manifest.get("mode"))
         else:
             models = resolve_models(generator or listed.get("generator"),
                                      audio_encoder or listed.get("audio_encoder"), mode or manifest.get("mode"))
@@ -148,15 +146,22 @@ class Avatar:
         return self._templates.name(self._check_index(k))
 
     @property
-    def weights_label(self) -> Optional[str]:
-        """What output of these models must be labelled ("known-answer demo weights",
-        "synthetic weights"), read from the model files themselves; None for a user's models."""
-        if self._weights_label is None:
-            from ..models import inspect, weights_label
+    def weights(self) -> str:
+        """"known-answer" (demo), "synthetic" or "user", read from the model files themselves."""
+        if self._weights is None:
+            from ..models import inspect, weights_kind
 
-            infos = [inspect(p) for p in (self.generator_path, self.audio_encoder_path) if p is not None]
-            self._weights_label = (weights_label(*infos),)
-        return self._weights_label[0]
+            self._weights = weights_kind(*(inspect(p) for p in (self.generator_path, self.audio_encoder_path)
+                                           if p is not None))
+        return self._weights
+
+    @property
+    def weights_label(self) -> Optional[str]:
+        """What output of these models must be labelled: "known-answer demo weights",
+        "synthetic weights", or None for a user's own models."""
+        from ..models import WEIGHTS_LABELS
+
+        return WEIGHTS_LABELS[self.weights]
 
     def jpeg(self, k: int) -> bytes:
         """Template ``k``'s frame as the source JPEG bytes (what a pack stores)."""

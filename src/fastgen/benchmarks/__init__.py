@@ -133,6 +133,7 @@ def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optio
         "process_peak_rss_mb": round(peak_rss_mb(), 1),
         "frames": frames, "baseline_frames": nb, "model_frames": model_frames, "rounds": rounds,
         "model_runs": model_runs, "baselines": baseline_runs, "runs": stats,
-        "frame_size": [w, h], "templates": len(av), "synthetic_weights": gen.synthetic,
+        "frame_size": [w, h], "templates": len(av), "weights": gen.weights,
+        "weights_label": gen.weights_label,
         "config": gen.config.as_dict(),
     }

@@ -10,7 +10,7 @@ from .checkpoint import load_checkpoint, read_torch_pickle
 from .export import MANIFEST, build_model, ensure_onnx, export_models, sha256_file
 from .graphs import (AUDIO_SHAPES, MODES, build_audio_encoder, build_generator, expected_keys,
                      strip_module_prefix)
-from .inspect import ModelInfo, inspect, weights_label
+from .inspect import WEIGHTS_LABELS, ModelInfo, inspect, weights_kind
 from .known_answer import KnownAnswerWeights, known_answer_weights
 from .weights import SyntheticWeights, generator_inputs, synthetic_weights
 
@@ -19,5 +19,5 @@ __all__ = [
     "build_audio_encoder", "build_generator", "build_model", "ensure_onnx", "expected_keys",
     "export_models", "generator_inputs", "inspect", "known_answer_weights", "load_checkpoint",
     "read_torch_pickle", "sha256_file",
-    "strip_module_prefix", "synthetic_weights", "weights_label",
+    "strip_module_prefix", "synthetic_weights", "WEIGHTS_LABELS", "weights_kind",
 ]

@@ -10,8 +10,10 @@ from onnx import TensorProto
 from ..errors import ModelError
 from .graphs import AUDIO_SHAPES, EMB_SIZE, IMAGE_SHAPE, MEL_SHAPE, OUTPUT_SHAPE
 
-WEIGHTS_KEY = "fastgen.weights"        # metadata naming the weights' kind, written by graphs.py
-SYNTHETIC_LABEL = "synthetic weights"
+WEIGHTS_KEY = "fastgen.weights"        # metadata naming analytic weights, written by graphs.py
+# the one mapping from a weights kind to the label its output carries
+WEIGHTS_LABELS = {"known-answer": "known-answer demo weights", "synthetic": "synthetic weights",
+                  "user": None}
 _MODE_BY_AUDIO_SHAPE = {shape: mode for mode, shape in AUDIO_SHAPES.items()}
 _DESCRIPTION = {"generator": "a generator (input, audio → output)",
                 "audio_encoder": "an audio encoder (mel → emb)"}
@@ -31,13 +33,17 @@ class ModelInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
     @property
+    def weights(self) -> str:
+        """What the weights are: "known-answer" (fastgen's analytic demo weights), "synthetic"
+        (random, for benchmarks and tests) or "user" (anything else: a trained checkpoint)."""
+        if self.metadata.get(WEIGHTS_KEY) == WEIGHTS_LABELS["known-answer"]:
+            return "known-answer"
+        return "synthetic" if self.synthetic else "user"
+
+    @property
     def weights_label(self) -> str | None:
-        """The label output of this model must carry: the one fastgen wrote into the file
-        ("known-answer demo weights"), "synthetic weights", or None for a user's own model."""
-        label = self.metadata.get(WEIGHTS_KEY)
-        if label:
-            return label
-        return SYNTHETIC_LABEL if self.synthetic else None
+        """The label output of this model must carry (None for a user's own model)."""
+        return WEIGHTS_LABELS[self.weights]
 
     @property
     def max_batch(self) -> int | None:
@@ -131,10 +137,8 @@ def inspect(path: str | Path, expect: str | None = None) -> ModelInfo:
     )
 
 
-def weights_label(*infos: ModelInfo) -> str | None:
-    """The label of output made by these models together: "synthetic weights" if any is
-    random-synthetic, else the first label found (e.g. "known-answer demo weights"), else None."""
-    labels = [i.weights_label for i in infos if i is not None and i.weights_label]
-    if SYNTHETIC_LABEL in labels:
-        return SYNTHETIC_LABEL
-    return labels[0] if labels else None
+def weights_kind(*infos: ModelInfo | None) -> str:
+    """The kind of output these models make together: "synthetic" if any is random, else
+    "known-answer" if any is the analytic demo, else "user"."""
+    kinds = {i.weights for i in infos if i is not None}
+    return next((k for k in ("synthetic", "known-answer") if k in kinds), "user")

@@ -14,18 +14,18 @@ from typing import Optional
 from ..cachedir import default_cache_dir
 from ..errors import AvatarError
 from .export import build_model, ensure_onnx
-from .inspect import inspect
+from .inspect import inspect, weights_kind
 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """An avatar's generator and audio-encoder files, the generator's mode and whether either
-    carries synthetic weights."""
+    """An avatar's generator and audio-encoder files, the generator's mode and the kind of their
+    weights (:func:`fastgen.models.weights_kind`; None when the files were not inspected)."""
 
     generator: Optional[Path] = None
     audio_encoder: Optional[Path] = None
     mode: Optional[str] = None
-    synthetic: bool = False
+    weights: Optional[str] = None
 
 
 def resolve_models(generator, audio_encoder, mode: Optional[str]) -> ModelFiles:
@@ -38,8 +38,7 @@ def resolve_models(generator, audio_encoder, mode: Optional[str]) -> ModelFiles:
         path, info = ensure_onnx(Path(source), kind, default_cache_dir() / "models", mode=mode or "ave")
         paths[kind], infos[kind] = path, info
     gen_mode = infos["generator"].mode if "generator" in infos else mode
-    return ModelFiles(paths["generator"], paths["audio_encoder"], gen_mode,
-                   any(i.synthetic for i in infos.values()))
+    return ModelFiles(paths["generator"], paths["audio_encoder"], gen_mode, weights_kind(*infos.values()))
 
 
 def find_models(root: Path) -> tuple[Optional[Path], Optional[Path]]:
