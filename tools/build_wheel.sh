@@ -15,10 +15,12 @@ raw="$(mktemp -d)"
 trap 'rm -rf "$raw"' EXIT
 python -m build --wheel --outdir "$raw" .
 wheel="$(ls "$raw"/fastgen-*.whl)"
-if unzip -l "$wheel" | grep -q '\.c$'; then
-    echo "tools/build_wheel.sh: $wheel carries generated .c files" >&2
-    exit 1
-fi
+python - "$wheel" <<'PY'
+import sys, zipfile
+generated = [n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.endswith(".c")]
+if generated:
+    sys.exit(f"tools/build_wheel.sh: the wheel carries generated C files: {generated}")
+PY
 mkdir -p "$out"
 auditwheel repair --wheel-dir "$out" "$wheel"
 repaired="$(ls -t "$out"/fastgen-*manylinux*.whl | head -1)"

@@ -65,38 +65,3 @@ def ctrl_c_checkpoint():
         yield check
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def ctrl_c_checkpoint():
-    """Yields ``check()``, which raises KeyboardInterrupt once Ctrl-C has been pressed.
-
-    The usual KeyboardInterrupt still fires at once; the render loop also calls ``check()`` after
-    every frame, so an interrupt that a library call caught still stops the run at the next frame.
-
-    A process that inherited SIGINT as *ignored* (a job a non-interactive shell started with
-    ``&``) keeps ignoring it, as POSIX shells and CPython intend: Python installs its
-    KeyboardInterrupt handler only when SIGINT is at its default, and so do we.  That inherited
-    disposition was why one test run once "lost" a Ctrl-C: the suite had been started in the
-    background, so the ``fastgen run`` child ignored the signal the test sent.
-    """
-    pressed = threading.Event()
-
-    def on_sigint(signum, frame):
-        pressed.set()
-        raise KeyboardInterrupt
-
-    def check() -> None:
-        if pressed.is_set():
-            raise KeyboardInterrupt
-
-    # signals only reach the main thread; an ignored or custom SIGINT is the caller's choice
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield check
-        return
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield check
-    finally:
-        signal.signal(signal.SIGINT, previous)
