@@ -130,7 +130,7 @@ def test_feature_table_rule_and_laziness():
 
 def test_each_model_file_is_inspected_once_per_generator(dataset, monkeypatch):
     import fastgen.engine
-    import fastgen.runtime
+    import fastgen.models
     from fastgen.models import inspect as real
 
     calls = []
@@ -140,7 +140,7 @@ def test_each_model_file_is_inspected_once_per_generator(dataset, monkeypatch):
         return real(path, expect)
 
     monkeypatch.setattr(fastgen.engine, "inspect", counting)
-    monkeypatch.setattr(fastgen.runtime, "inspect", counting)
+    monkeypatch.setattr(fastgen.models, "inspect", counting)     # what open_session calls
     avatar = Avatar.open(dataset, generator=dataset / "generator.onnx",
                          audio_encoder=dataset / "audio_encoder.onnx")
     g = Generator(avatar, sessions=2, threads=1)
@@ -162,7 +162,7 @@ def test_choose_config_names_the_bad_value():
 def test_runtime_is_the_only_seam(gen):
     s = open_session(gen.generator_info, threads=1)
     facts = s.describe()
-    assert facts["backend"] == "onnxruntime" and facts["precision"] == "fp32" and facts["threads"] == 1
+    assert facts["backend"] == "ort" and facts["precision"] == "fp32" and facts["threads"] == 1
     assert facts["providers"] == ["CPUExecutionProvider"]
     with pytest.raises(InputError, match="unknown backend"):
         open_session(gen.generator_info, backend="nope")

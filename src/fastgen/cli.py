@@ -48,6 +48,12 @@ def _check_engine_args(args: argparse.Namespace) -> None:
         _at_least(args, option, 1)
     _existing(args.avatar, "avatar directory", directory=True)
     _existing(args.audio, "audio file")
+    from .runtime.choice import CHOICES, PRECISION_CHOICES     # light: no runtime library imported
+
+    if args.backend not in CHOICES:
+        raise InputError(f"--backend must be one of {', '.join(CHOICES)} (got {args.backend!r})")
+    if args.precision not in PRECISION_CHOICES:
+        raise InputError(f"--precision must be one of {', '.join(PRECISION_CHOICES)} (got {args.precision!r})")
 
 
 def _model_source(path, what: str) -> None:
@@ -105,8 +111,22 @@ def _open_avatar(args: argparse.Namespace):
 def _engine(args: argparse.Namespace, avatar):
     from .engine import Generator
 
-    return Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers,
-                     blend=getattr(args, "blend", "feather"), sessions=args.sessions)
+    gen = Generator(avatar, threads=args.threads, batch=args.batch, workers=args.workers,
+                    blend=getattr(args, "blend", "feather"), sessions=args.sessions,
+                    backend=args.backend, precision=args.precision)
+    return gen
+
+
+def _say_backend(args: argparse.Namespace, gen) -> None:
+    """The backend choice, once, when the first frame exists (so an early error stays one line)."""
+    if not args.quiet and not getattr(args, "json", False):
+        print(f"fastgen: backend {gen.choice}", file=sys.stderr)
+
+
+def _load(path):
+    from .audio import load_audio
+
+    return load_audio(path)
 
 
 def _label(gen) -> str:
@@ -132,6 +152,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with ctrl_c_checkpoint() as check:
         def progress(done: int, total: int) -> None:
             check()
+            if done == 1:
+                _say_backend(args, gen)
             if update:
                 update(done, total)
 
@@ -149,14 +171,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _check_engine_args(args)
     _at_least(args, "--frames", 1)
     _at_least(args, "--rounds", 1)
+    _model_source(args.generator, "generator model")
     import json
 
+    log = None if (args.json or args.quiet) else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    if args.backends:
+        from . import demo
+        from .benchmarks.backends import run_backends
+
+        report = run_backends(_open_avatar(args), demo.audio() if not args.audio else _load(args.audio),
+                              rounds=args.rounds, log=log)
+        print(json.dumps(report, indent=1) if args.json else
+              "\n".join(f"{k}: {v['fps']} fps ({v['speedup_vs_ort_fp32']}x), PSNR {v['psnr_db']} dB"
+                        + (" [auto]" if k == report["auto"] else "") for k, v in report["backends"].items()))
+        return 0
     from .benchmarks import run_bench
 
-    log = None if (args.json or args.quiet) else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-    report = run_bench(args.avatar, args.audio, frames=args.frames, rounds=args.rounds,
+    avatar = _open_avatar(args) if (args.generator or not args.avatar) else args.avatar
+    report = run_bench(avatar, args.audio, frames=args.frames, rounds=args.rounds,
                        threads=args.threads, batch=args.batch, workers=args.workers,
-                       sessions=args.sessions, log=log)
+                       sessions=args.sessions, backend=args.backend, precision=args.precision, log=log)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -190,6 +224,7 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     if not (args.quiet or args.json):
         def show(frames: int) -> None:
             print(f"frame {frames}", file=sys.stderr, flush=True)
+    _say_backend(args, gen)
     report = feed(gen, wav, chunk_ms=args.chunk_ms, realtime=args.realtime, delay=args.delay,
                   silence_db=args.silence_db, on_frames=show)
     if args.json:
@@ -214,6 +249,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="post-processing threads (default: one per session)")
     p.add_argument("--blend", choices=("feather", "hard"), default="feather",
                    help="paste the mouth with a feathered edge (default) or hard, exactly like the reference")
+    p.add_argument("--backend", default="auto", help="auto (default), ort or openvino: auto picks "
+                   "OpenVINO bf16 where the CPU has native bf16 and it is faithful on this model, else ort")
+    p.add_argument("--precision", default="auto", help="auto (default), fp32 or bf16")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -260,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure model-only, pipeline and baseline FPS in one run")
     _add_engine_options(p)
+    p.add_argument("--backends", action="store_true",
+                   help="measure every installed backend x precision: fps and fidelity against ort fp32")
+    p.add_argument("--generator", help="generator model (.onnx or .pth) overriding the avatar's")
     p.add_argument("--frames", type=int, default=250, help="frames per pipeline run (default: 250)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved repeats of every measurement; medians are reported (default: 3)")
@@ -280,12 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warnings() -> None:
+    """fastgen's warnings (backend fallbacks, unfaithful precisions) as one stderr line each."""
+    import logging
+
+    logger = logging.getLogger("fastgen")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fastgen: warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    _show_warnings()
     try:
         return args.func(args)
     except FastgenError as exc:

@@ -26,6 +26,8 @@ from .frame import Frame, FrameStep, feather_width
 from .models import WEIGHTS_LABELS, inspect, weights_kind
 from .models.graphs import EMB_SIZE
 from .runtime import default_threads, open_session
+from .runtime.choice import choose, open_chosen
+from .runtime.fidelity import avatar_inputs, verdict
 from .scheduler import FrameScheduler
 from .sinks import check_quality, open_sink, output_kind
 from .timing import FEATURE_CONTEXT, SAMPLE_RATE
@@ -45,11 +47,13 @@ class EngineConfig:
     sessions: int = 1     # generator sessions running side by side
     providers: list = field(default_factory=list)
     reason: str = ""      # "heuristic" or "explicit"
+    backend: str = "ort"
+    precision: str = "fp32"
 
     def as_dict(self) -> dict:
         return {"sessions": self.sessions, "threads": self.threads, "batch": self.batch,
                 "workers": self.workers, "blend": self.blend, "providers": self.providers,
-                "reason": self.reason}
+                "reason": self.reason, "backend": self.backend, "precision": self.precision}
 
 
 def choose_config(cores: int, dynamic_batch: bool, *, sessions=None, threads=None, batch=None,
@@ -93,12 +97,16 @@ class Generator:
 
     ``avatar`` is a :class:`fastgen.Avatar` or a path any :meth:`Avatar.open` accepts.
     ``blend="hard"`` pastes like the SyncTalk_2D reference; ``"feather"`` (default) ramps the
-    patch edge so no box is visible.
+    patch edge so no box is visible.  ``backend`` / ``precision`` choose how the generator runs
+    (:mod:`fastgen.runtime`): ``"auto"`` picks OpenVINO bf16 where the CPU has native bf16 and the
+    check against fp32 passes on this model and avatar, else ONNX Runtime fp32; ``self.choice``
+    says what ran and why, ``self.fidelity`` holds the check's figures.
     """
 
     def __init__(self, avatar, *, providers: Optional[Sequence[str]] = None,
                  threads: Optional[int] = None, batch: Optional[int] = None,
-                 workers: Optional[int] = None, blend: str = "feather", sessions: Optional[int] = None):
+                 workers: Optional[int] = None, blend: str = "feather", sessions: Optional[int] = None,
+                 backend: str = "ort", precision: str = "fp32"):
         from .avatar import Avatar
 
         self.avatar = avatar if isinstance(avatar, Avatar) else Avatar.open(avatar)
@@ -111,12 +119,22 @@ class Generator:
         self.encoder_info = inspect(self.avatar.audio_encoder_path, expect="audio_encoder")
         cfg = choose_config(cores, self.generator_info.dynamic_batch, sessions=sessions,
                             threads=threads, batch=batch, workers=workers, blend=blend)
-        self.sessions = [open_session(self.generator_info, threads=cfg.threads, providers=providers)
-                         for _ in range(cfg.sessions)]
         # the encoder runs in big batches while generator sessions may be busy: all cores
         self.encoder = open_session(self.encoder_info, threads=cores, providers=providers)
-        self.config = replace(cfg, providers=self.sessions[0].providers)
         self.step = FrameStep(self.avatar, blend)
+        self.sessions, self.choice, self.fidelity = open_chosen(
+            self.generator_info, choose(backend, precision), sessions=cfg.sessions, threads=cfg.threads,
+            providers=providers, check=self._fidelity_check)
+        self.config = replace(cfg, providers=self.sessions[0].providers, backend=self.choice.backend,
+                              precision=self.choice.precision)
+
+    def _fidelity_check(self, reference, candidate) -> dict:
+        """A reduced precision against fp32 on this avatar's crops with speech-like audio."""
+        from . import demo
+
+        table = self.feature_table(demo.audio(4.0, seed=3))
+        inputs, audio = avatar_inputs(self.step, table, self.avatar.order(len(table)), self.audio_shape)
+        return verdict(reference, candidate, inputs, audio)
 
     # ------------------------------------------------------------------ facts
 

@@ -30,7 +30,7 @@ from ..engine import Generator
 from ..errors import InputError
 from ..runtime import default_threads, open_session
 from ..sinks import JpegDirectory
-from .yardsticks import model_configs, sequential_kernels_fps, straightforward_fps, warm_up
+from .yardsticks import ModelOnly, model_configs, sequential_kernels_fps, straightforward_fps, warm_up
 
 __all__ = ["peak_rss_mb", "run_bench"]
 
@@ -63,7 +63,8 @@ def _summary(values: list) -> dict:
 
 def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optional[int] = None,
               model_frames: int = 48, rounds: int = 3, threads=None, batch=None, workers=None,
-              sessions=None, log: Optional[Callable[[str], None]] = None) -> dict:
+              sessions=None, backend: str = "ort", precision: str = "fp32",
+              log: Optional[Callable[[str], None]] = None) -> dict:
     """Measure everything in one process; returns the JSON-able report."""
     from .. import demo
     from ..avatar import Avatar
@@ -76,7 +77,8 @@ def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optio
         av = avatar
     else:
         av = Avatar.open(avatar) if avatar is not None else demo.avatar()
-    gen = Generator(av, threads=threads, batch=batch, workers=workers, sessions=sessions)
+    gen = Generator(av, threads=threads, batch=batch, workers=workers, sessions=sessions, backend=backend,
+                    precision=precision)
     wav = gen.load_audio(audio) if audio is not None else demo.audio()
     total = gen.frame_count(wav)
     frames = min(int(frames), total)
@@ -101,6 +103,11 @@ def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optio
         if r == 0:
             pipeline_peak = peak_rss_mb()   # before the yardsticks open sessions of their own
             models = model_configs(gen)
+            if gen.choice.backend != "ort":                   # the pipeline's own setting, alone
+                key = f"{gen.choice.backend}_{gen.choice.precision}_batch1"
+                models[key] = ModelOnly([open_session(gen.generator_info, backend=gen.choice.backend,
+                                                      precision=gen.choice.precision,
+                                                      threads=gen.config.threads).run], 1, gen.audio_shape)
             baselines["sequential_kernels"] = (
                 sequential_kernels_fps, open_session(gen.generator_info, threads=default_threads()))
             if _have_opencv():
@@ -135,5 +142,5 @@ def run_bench(avatar=None, audio=None, frames: int = 250, baseline_frames: Optio
         "model_runs": model_runs, "baselines": baseline_runs, "runs": stats,
         "frame_size": [w, h], "templates": len(av), "weights": gen.weights,
         "weights_label": gen.weights_label,
-        "config": gen.config.as_dict(),
+        "config": gen.config.as_dict(), "backend_choice": str(gen.choice),
     }

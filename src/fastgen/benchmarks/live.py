@@ -73,4 +73,5 @@ def feed(gen, wav: np.ndarray, *, chunk_ms: float, realtime: bool, delay: float,
         "late_frames": late if realtime else None, "playout_delay_s": delay,
         "dropped_frames": 0, "rss_mb_every_250_frames": rss,
         "weights": gen.weights, "weights_label": gen.weights_label, "config": gen.config.as_dict(),
+        "backend_choice": str(gen.choice),
     }

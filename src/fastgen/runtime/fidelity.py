@@ -1,0 +1,85 @@
+"""Is a reduced precision faithful to fp32?  Measured on the user's own model and avatar.
+
+**Faithful** means, against ONNX Runtime fp32 on the same inputs, over the 320x320 output in grey
+levels (``output * 255``): PSNR >= 40 dB, the worst frame >= 36 dB, and the 99th percentile of
+|difference| <= 3 levels inside the face (the masked region the generator paints, docs/semantics.md
+§5.4).  That is no more error than the default JPEG encode adds.  Verdicts are cached under the
+fastgen cache, keyed by the model file's hash, the inputs' hash and the setting.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..atomic import building_file
+from ..cachedir import default_cache_dir
+from ..errors import FastgenError
+from ..image import MASK_COLS, MASK_ROWS
+from ..models import sha256_file
+
+BAR = {"psnr_db": 40.0, "min_frame_psnr_db": 36.0, "p99_face_levels": 3.0}
+FACE = (slice(MASK_ROWS[0], MASK_ROWS[1]), slice(MASK_COLS[0], MASK_COLS[1]))
+
+
+def _psnr(mse: np.ndarray) -> np.ndarray:
+    """PSNR in dB for grey levels 0..255, capped at 99 (identical outputs)."""
+    return np.minimum(99.0, 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-20)))
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Error figures of ``candidate`` against ``reference``, both (n, 3, H, W) in [0, 1]."""
+    d = (candidate.astype(np.float64) - reference.astype(np.float64)) * 255.0
+    per_frame = np.mean(d.reshape(len(d), -1) ** 2, axis=1)
+    face = np.abs(d[:, :, FACE[0], FACE[1]])
+    return {"psnr_db": round(float(_psnr(np.mean(per_frame))), 2),
+            "min_frame_psnr_db": round(float(_psnr(per_frame).min()), 2),
+            "p99_face_levels": round(float(np.percentile(face, 99)), 3),
+            "max_levels": round(float(np.abs(d).max()), 3), "frames": int(len(d))}
+
+
+def faithful(figures: dict) -> bool:
+    return (figures["psnr_db"] >= BAR["psnr_db"] and figures["min_frame_psnr_db"] >= BAR["min_frame_psnr_db"]
+            and figures["p99_face_levels"] <= BAR["p99_face_levels"])
+
+
+def run_all(run: Callable, inputs: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    return np.concatenate([run({"input": inputs[i:i + 1], "audio": audio[i:i + 1]}) for i in range(len(inputs))])
+
+
+def avatar_inputs(step, features, order: Sequence[int], audio_shape: tuple, count: int = 8
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` generator inputs spread over a clip: the avatar's own crops with real audio windows."""
+    frames = features.frames
+    picks = np.linspace(frames.start, frames.stop - 1, min(count, len(frames))).astype(int)
+    inputs = np.empty((len(picks), 6, 320, 320), np.float32)
+    audio = np.empty((len(picks), *audio_shape), np.float32)
+    for i, j in enumerate(picks):
+        step.fill(order[j], inputs[i])
+        features.window(int(j), audio[i])
+    return inputs, audio
+
+
+def verdict(reference, candidate, inputs: np.ndarray, audio: np.ndarray, *,
+            cache: Optional[bool] = True) -> dict:
+    """Figures and ``faithful`` of session ``candidate`` against session ``reference`` (cached)."""
+    digest = hashlib.sha256(inputs.tobytes() + audio.tobytes()).hexdigest()[:16]
+    setting = f"{candidate.backend}-{candidate.precision}"
+    key = f"{sha256_file(candidate.info.path)[:16]}-{digest}-{setting}"
+    path = default_cache_dir() / "fidelity" / f"{key}.json"
+    if cache and path.is_file():
+        try:
+            return {**json.loads(path.read_text()), "cached": True}
+        except (OSError, ValueError):
+            pass
+    figures = compare(run_all(reference.run, inputs, audio), run_all(candidate.run, inputs, audio))
+    result = {"setting": setting, **figures, "faithful": faithful(figures), "bar": BAR}
+    if cache:
+        try:
+            with building_file(path, None, "the fidelity verdict") as tmp:
+                tmp.write_text(json.dumps(result))
+        except (OSError, FastgenError):
+            pass              # a read-only cache only costs the check again next time
+    return {**result, "cached": False}
