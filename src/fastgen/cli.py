@@ -245,13 +245,16 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", help="speech audio file, any format soundfile reads (default: the demo clip)")
     p.add_argument("--sessions", type=int, help="generator sessions side by side (default: 1)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads per session (default: cores / sessions)")
-    p.add_argument("--batch", type=int, help="generator batch size (default: 1)")
+    p.add_argument("--batch", type=int, help="generator batch size (default: 1 on CPUs; measured once "
+                   "and cached on GPUs and AMX CPUs)")
     p.add_argument("--workers", type=int, help="post-processing threads (default: one per session)")
     p.add_argument("--blend", choices=("feather", "hard"), default="feather",
                    help="paste the mouth with a feathered edge (default) or hard, exactly like the reference")
-    p.add_argument("--backend", default="auto", help="auto (default), ort or openvino: auto picks "
-                   "OpenVINO bf16 where the CPU has native bf16 and it is faithful on this model, else ort")
-    p.add_argument("--precision", default="auto", help="auto (default), fp32 or bf16")
+    p.add_argument("--backend", default="auto", help="auto (default), ort, openvino, torch, cuda or tensorrt: "
+                   "auto picks GPU fp16 where a GPU backend is installed, OpenVINO bf16 where the CPU has "
+                   "native bf16, each only if faithful on this model; else ort fp32")
+    p.add_argument("--precision", default="auto", help="auto (default), fp32, bf16, fp16 or int8 "
+                   "(int8: quantized on the avatar, never picked by auto)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 

@@ -25,9 +25,10 @@ from .features import FeatureTable
 from .frame import Frame, FrameStep, feather_width
 from .models import WEIGHTS_LABELS, inspect, weights_kind
 from .models.graphs import EMB_SIZE
-from .runtime import default_threads, open_session
-from .runtime.choice import choose, open_chosen
-from .runtime.fidelity import avatar_inputs, verdict
+from .runtime import GPU_BACKENDS, default_threads, open_session
+from .runtime.calibration import batches_to_try, calibrated_batch
+from .runtime.choice import choose, cpu_flags, open_chosen
+from .runtime.fidelity import Check, avatar_inputs
 from .scheduler import FrameScheduler
 from .sinks import check_quality, open_sink, output_kind
 from .timing import FEATURE_CONTEXT, SAMPLE_RATE
@@ -122,19 +123,39 @@ class Generator:
         # the encoder runs in big batches while generator sessions may be busy: all cores
         self.encoder = open_session(self.encoder_info, threads=cores, providers=providers)
         self.step = FrameStep(self.avatar, blend)
+        chosen = choose(backend, precision)
+        if chosen.backend in GPU_BACKENDS:
+            # two sessions on one weight copy: one uploads while the other computes; every core
+            # post-processes, since on a GPU the frame path is all the CPU does
+            cfg = replace(cfg, sessions=2 if sessions is None else cfg.sessions,
+                          workers=cores if workers is None else cfg.workers)
+        check = Check(self._fidelity_inputs)
         self.sessions, self.choice, self.fidelity = open_chosen(
-            self.generator_info, choose(backend, precision), sessions=cfg.sessions, threads=cfg.threads,
-            providers=providers, check=self._fidelity_check)
+            self.generator_info, chosen, sessions=cfg.sessions, threads=cfg.threads,
+            providers=providers, check=check, model_for=lambda p: self._model_for(p, check))
+        self.calibration = None
+        if batch is None:
+            tries = batches_to_try(self.choice.backend, cpu_flags(), self.generator_info.dynamic_batch)
+            b, self.calibration = calibrated_batch(self.sessions[0], *check.inputs, tries) \
+                if tries != (1,) else (1, None)
+            cfg = replace(cfg, batch=b)
         self.config = replace(cfg, providers=self.sessions[0].providers, backend=self.choice.backend,
                               precision=self.choice.precision)
 
-    def _fidelity_check(self, reference, candidate) -> dict:
-        """A reduced precision against fp32 on this avatar's crops with speech-like audio."""
+    def _fidelity_inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """A few of this avatar's crops with speech-like audio (for fidelity and calibration)."""
         from . import demo
 
         table = self.feature_table(demo.audio(4.0, seed=3))
-        inputs, audio = avatar_inputs(self.step, table, self.avatar.order(len(table)), self.audio_shape)
-        return verdict(reference, candidate, inputs, audio)
+        return avatar_inputs(self.step, table, self.avatar.order(len(table)), self.audio_shape)
+
+    def _model_for(self, precision: str, check: Check):
+        """The generator to open at ``precision``: int8 runs a copy quantized on this avatar."""
+        if precision != "int8":
+            return self.generator_info
+        from .runtime.quantize import quantized_generator
+
+        return quantized_generator(self.generator_info, self.avatar, self.step, self.feature_table)
 
     # ------------------------------------------------------------------ facts
 

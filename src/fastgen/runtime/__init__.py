@@ -6,12 +6,18 @@ runs one batch and returns the single output; ``info``, ``backend``, ``providers
 and ``threads`` say what it is; ``describe()`` puts that in a dict.  The engine, the stream and the
 benchmarks use nothing else, so a backend plugs in here without them changing.
 
-=============  =====================================================  ==================
-backend        what                                                   precisions
-=============  =====================================================  ==================
-``ort``        ONNX Runtime, CPU (:mod:`.ort`)                        fp32
-``openvino``   OpenVINO, CPU (:mod:`.openvino`, ``fastgen[openvino]``)  fp32, bf16
-=============  =====================================================  ==================
+=============  ==========================================================  ==================
+backend        what                                                        precisions
+=============  ==========================================================  ==================
+``ort``        ONNX Runtime, CPU (:mod:`.ort`)                             fp32, int8
+``openvino``   OpenVINO, CPU (:mod:`.openvino`, ``fastgen[openvino]``)     fp32, bf16, fp16, int8
+``torch``      PyTorch, CUDA or CPU (:mod:`.pytorch`, ``fastgen[torch]``)  fp32, fp16, bf16
+``cuda``       ONNX Runtime CUDA (:mod:`.ort_gpu`, ``fastgen[gpu]``)       fp32, fp16
+``tensorrt``   ONNX Runtime TensorRT (:mod:`.ort_gpu`, ``fastgen[gpu]``)   fp16, fp32
+=============  ==========================================================  ==================
+
+int8 runs a copy of the model quantized on the avatar's own crops (:mod:`.quantize`); the caller
+passes it as ``model`` with ``precision="int8"`` (the engine does this).
 
 :mod:`.choice` picks a backend and precision for ``auto``; :mod:`.fidelity` measures whether a
 reduced precision is faithful to fp32 on the user's own model and avatar.
@@ -43,15 +49,38 @@ def _open_openvino(info, **options):
     return open_openvino(info, **options)
 
 
+def _open_torch(info, **options):
+    from .pytorch import open_torch
+
+    return open_torch(info, **options)
+
+
+def _open_cuda(info, **options):
+    from .ort_gpu import open_ort_gpu
+
+    return open_ort_gpu(info, backend="cuda", **options)
+
+
+def _open_tensorrt(info, **options):
+    from .ort_gpu import open_ort_gpu
+
+    return open_ort_gpu(info, backend="tensorrt", **options)
+
+
 # backend name -> opener; the backend modules (and numpy, onnx, the runtimes) load on first use,
 # so the CLI can check --backend in milliseconds
-BACKENDS = {"ort": _open_ort, "openvino": _open_openvino}
-_LAZY = {"OrtSession": "ort", "DEFAULT_PROVIDERS": "ort", "OpenVinoSession": "openvino"}
-BACKEND_ALIASES = {"onnxruntime": "ort"}
-PRECISIONS = {"ort": ("fp32",), "openvino": ("fp32", "bf16")}
+BACKENDS = {"ort": _open_ort, "openvino": _open_openvino, "torch": _open_torch, "cuda": _open_cuda,
+            "tensorrt": _open_tensorrt}
+_LAZY = {"OrtSession": "ort", "DEFAULT_PROVIDERS": "ort", "OpenVinoSession": "openvino",
+         "TorchSession": "pytorch", "BoundSession": "ort_gpu"}
+BACKEND_ALIASES = {"onnxruntime": "ort", "pytorch": "torch"}
+PRECISIONS = {"ort": ("fp32", "int8"), "openvino": ("fp32", "bf16", "fp16", "int8"), "torch": ("fp32", "fp16", "bf16"),
+              "cuda": ("fp32", "fp16"), "tensorrt": ("fp16", "fp32")}
+GPU_BACKENDS = ("torch", "cuda", "tensorrt")
+PRECISION_KEY = "fastgen.precision"      # metadata of the converted copies (int8, fp16)
 
-__all__ = ["BACKENDS", "DEFAULT_PROVIDERS", "OpenVinoSession", "OrtSession", "PRECISIONS", "Session",
-           "default_threads", "open_session"]
+__all__ = ["BACKENDS", "BoundSession", "DEFAULT_PROVIDERS", "GPU_BACKENDS", "OpenVinoSession", "OrtSession",
+           "PRECISIONS", "Session", "TorchSession", "default_threads", "open_session"]
 
 
 def __getattr__(name: str):
@@ -123,5 +152,8 @@ def open_session(model: Union[str, "os.PathLike[str]", "ModelInfo"], kind: Optio
     if kind is not None and info.kind != kind:
         raise ModelError(f"{info.path}: expected a {kind.replace('_', ' ')}, got a "
                          f"{info.kind.replace('_', ' ')}")
+    if precision == "int8" and info.metadata.get(PRECISION_KEY) != "int8":
+        raise ModelError(f"{info.path}: int8 runs a copy of the model quantized on the avatar "
+                         "(fastgen.runtime.quantize); this file is not one")
     return BACKENDS[name](info, threads=int(threads), precision=precision, providers=providers, spin=spin,
                           ort_defaults=ort_defaults)

@@ -62,24 +62,66 @@ def avatar_inputs(step, features, order: Sequence[int], audio_shape: tuple, coun
     return inputs, audio
 
 
-def verdict(reference, candidate, inputs: np.ndarray, audio: np.ndarray, *,
-            cache: Optional[bool] = True) -> dict:
-    """Figures and ``faithful`` of session ``candidate`` against session ``reference`` (cached)."""
+def _cache_path(model_path, inputs: np.ndarray, audio: np.ndarray, setting: str):
     digest = hashlib.sha256(inputs.tobytes() + audio.tobytes()).hexdigest()[:16]
-    setting = f"{candidate.backend}-{candidate.precision}"
-    key = f"{sha256_file(candidate.info.path)[:16]}-{digest}-{setting}"
-    path = default_cache_dir() / "fidelity" / f"{key}.json"
-    if cache and path.is_file():
+    return default_cache_dir() / "fidelity" / f"{sha256_file(model_path)[:16]}-{digest}-{setting}.json"
+
+
+def cached_verdict(model_path, inputs: np.ndarray, audio: np.ndarray, setting: str) -> Optional[dict]:
+    """The verdict an earlier run stored for ``setting`` ("backend-precision"), or None."""
+    path = _cache_path(model_path, inputs, audio, setting)
+    if path.is_file():
         try:
             return {**json.loads(path.read_text()), "cached": True}
         except (OSError, ValueError):
             pass
+    return None
+
+
+def verdict(reference, candidate, inputs: np.ndarray, audio: np.ndarray, *,
+            cache: Optional[bool] = True, model_path=None) -> dict:
+    """Figures and ``faithful`` of session ``candidate`` against session ``reference`` (cached).
+
+    The cache key is the fp32 model's hash (``model_path``, default the reference's file: a
+    quantized candidate is a copy of it), the inputs' hash and the setting.
+    """
+    setting = f"{candidate.backend}-{candidate.precision}"
+    model_path = model_path or reference.info.path
+    if cache:
+        known = cached_verdict(model_path, inputs, audio, setting)
+        if known is not None:
+            return known
     figures = compare(run_all(reference.run, inputs, audio), run_all(candidate.run, inputs, audio))
     result = {"setting": setting, **figures, "faithful": faithful(figures), "bar": BAR}
     if cache:
         try:
-            with building_file(path, None, "the fidelity verdict") as tmp:
+            with building_file(_cache_path(model_path, inputs, audio, setting), None, "the fidelity verdict") as tmp:
                 tmp.write_text(json.dumps(result))
         except (OSError, FastgenError):
             pass              # a read-only cache only costs the check again next time
     return {**result, "cached": False}
+
+
+class Check:
+    """The fidelity check :func:`~fastgen.runtime.choice.open_chosen` runs, on inputs made once.
+
+    ``make_inputs()`` returns (inputs, audio); it runs on first need, so a choice that needs no
+    check costs nothing.  ``cached`` answers from an earlier run's verdict without opening the
+    candidate.
+    """
+
+    def __init__(self, make_inputs: Callable[[], tuple[np.ndarray, np.ndarray]]):
+        self.make_inputs = make_inputs
+        self._inputs: Optional[tuple[np.ndarray, np.ndarray]] = None
+
+    @property
+    def inputs(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._inputs is None:
+            self._inputs = self.make_inputs()
+        return self._inputs
+
+    def cached(self, info, setting: str) -> Optional[dict]:
+        return cached_verdict(info.path, *self.inputs, setting)
+
+    def __call__(self, reference, candidate) -> dict:
+        return verdict(reference, candidate, *self.inputs)

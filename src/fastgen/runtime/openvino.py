@@ -1,7 +1,10 @@
-"""The OpenVINO backend (optional extra ``fastgen[openvino]``): f32 and bf16 on CPUs.
+"""The OpenVINO backend (optional extra ``fastgen[openvino]``): f32, bf16, fp16 and int8 on CPUs.
 
 bf16 runs natively on CPUs with AVX512_BF16 or AMX and halves the bytes the memory-bound U-Net
 moves; elsewhere OpenVINO emulates it slowly, so :mod:`.choice` only picks it where it is native.
+fp16 is native with AVX512_FP16 or AMX-FP16.  int8 runs a model quantized on the avatar
+(:mod:`.quantize`: QuantizeLinear/DequantizeLinear pairs, which OpenVINO turns into u8/i8
+convolutions) with everything left in float at bf16 where that is native, else f32.
 ``run`` releases the GIL inside OpenVINO, like ONNX Runtime.
 """
 from __future__ import annotations
@@ -16,7 +19,16 @@ import numpy as np
 from ..errors import InputError, ModelError
 from ..models import ModelInfo
 
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}   # int8: see hint()
+
+
+def hint(precision: str) -> str:
+    """OpenVINO's INFERENCE_PRECISION_HINT for ``precision`` on this CPU."""
+    if precision == "int8":            # the layers left in float: bf16 where native
+        from .choice import cpu_flags, native_bf16
+
+        return "bf16" if native_bf16(cpu_flags()) else "f32"
+    return PRECISION_HINTS[precision]
 
 
 def load_openvino():
@@ -73,13 +85,14 @@ class OpenVinoSession:
 
 
 def open_openvino(info: ModelInfo, *, threads: int, precision: str = "fp32", **_ignored) -> OpenVinoSession:
-    """Compile ``info``'s ONNX file for the CPU at ``precision`` (fp32 or bf16)."""
+    """Compile ``info``'s ONNX file for the CPU at ``precision`` (fp32, bf16, fp16, or int8 for
+    a quantized model)."""
     if precision not in PRECISION_HINTS:
-        raise ModelError(f"{info.path}: the openvino backend runs {' or '.join(PRECISION_HINTS)} "
+        raise ModelError(f"{info.path}: the openvino backend runs {', '.join(PRECISION_HINTS)} "
                          f"(got {precision})")
     ov = load_openvino()
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "INFERENCE_NUM_THREADS": int(threads),
+    config = {"INFERENCE_PRECISION_HINT": hint(precision), "INFERENCE_NUM_THREADS": int(threads),
               "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
     try:
         compiled = core.compile_model(core.read_model(str(info.path)), "CPU", config)

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: CPU today; the CUDA and TensorRT execution providers plug in here.
+"""The ONNX Runtime backend on the CPU (the GPU providers are in :mod:`.ort_gpu`).
 
 Sessions get explicit threads, no inter-op pool, all graph optimisations, a shared exact-growth
 arena and spinning only within a run.  ``run`` releases the GIL inside ONNX Runtime.
@@ -85,8 +85,8 @@ def open_ort(info: ModelInfo, *, threads: int, precision: str = "fp32", provider
     """An ONNX Runtime session (fp32; CUDA / TensorRT execution providers when ``providers`` name them)."""
     import onnxruntime as ort
 
-    if precision != "fp32":
-        raise ModelError(f"{info.path}: the ort backend runs fp32 only (got {precision}); "
+    if precision not in ("fp32", "int8"):      # int8: a quantized (QDQ) model, see .quantize
+        raise ModelError(f"{info.path}: the ort backend runs fp32 and int8 (got {precision}); "
                          "--backend openvino runs bf16")
 
     wanted = list(providers) if providers else list(DEFAULT_PROVIDERS)
@@ -121,4 +121,5 @@ def open_ort(info: ModelInfo, *, threads: int, precision: str = "fp32", provider
     if provider_name(wanted[0]) not in got:
         raise ModelError(f"{info.path}: ONNX Runtime did not enable {provider_name(wanted[0])} "
                          f"(active: {got})")
-    return OrtSession(info=info, session=session, threads=0 if ort_defaults else int(threads))
+    return OrtSession(info=info, session=session, threads=0 if ort_defaults else int(threads),
+                      precision=precision)

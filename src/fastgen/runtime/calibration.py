@@ -1,0 +1,104 @@
+"""The generator batch per backend, from a short measurement cached per machine and model.
+
+On the 2-core CPUs measured, batch 1 is as fast as any (the U-Net at 320x320 is memory-bound)
+and costs the least latency and memory, so plain ONNX Runtime and OpenVINO on AVX-512 CPUs stay
+at batch 1 without measuring.  GPUs, and CPUs with AMX tiles, can gain from bigger batches: there
+:func:`calibrated_batch` times a few batch sizes once (about a second each), keeps the smallest
+within 5 % of the best throughput, and caches the answer under the fastgen cache keyed by the
+machine (CPU model, device, threads), the model's hash and the setting.  ``batch=`` overrides it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from ..atomic import building_file
+from ..cachedir import default_cache_dir
+from ..errors import FastgenError
+from ..models import sha256_file
+from . import GPU_BACKENDS
+
+GPU_BATCHES = (1, 4, 8, 16, 32)
+AMX_BATCHES = (1, 2, 4)
+AMX_FLAGS = ("amx_bf16", "amx_int8")
+WITHIN = 0.95          # the smallest batch within 5 % of the best throughput wins
+
+
+def batches_to_try(backend: str, flags: Iterable[str], dynamic_batch: bool) -> Sequence[int]:
+    """The batch sizes worth measuring for ``backend`` here (just (1,) where batching never paid)."""
+    if not dynamic_batch:
+        return (1,)
+    if backend in GPU_BACKENDS:
+        return GPU_BATCHES
+    if backend in ("ort", "openvino") and any(f in set(flags) for f in AMX_FLAGS):
+        return AMX_BATCHES
+    return (1,)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def pick(fps: dict[int, float]) -> int:
+    """The smallest batch whose throughput is within 5 % of the best."""
+    best = max(fps.values())
+    return min(b for b, v in fps.items() if v >= WITHIN * best)
+
+
+def measure(session, inputs: np.ndarray, audio: np.ndarray, batches: Sequence[int],
+            seconds: float = 1.0) -> dict[int, float]:
+    """Frames per second of ``session`` at each batch size (after one warm-up run each)."""
+    fps = {}
+    for b in batches:
+        idx = np.arange(b) % len(inputs)
+        feeds = {"input": np.ascontiguousarray(inputs[idx]), "audio": np.ascontiguousarray(audio[idx])}
+        session.run(feeds)
+        n, t0 = 0, time.perf_counter()
+        while True:
+            session.run(feeds)
+            n += b
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds and n >= 2 * b:
+                break
+        fps[b] = n / elapsed
+    return fps
+
+
+def calibrated_batch(session, inputs: np.ndarray, audio: np.ndarray, batches: Sequence[int], *,
+                     cache: bool = True) -> tuple[int, Optional[dict]]:
+    """(batch, the measurement or the cached one); (1, None) when there is nothing to measure."""
+    if tuple(batches) == (1,):
+        return 1, None
+    facts = session.describe()
+    machine = f"{_cpu_model()}|{facts.get('device', '')}|{session.threads}"
+    key = hashlib.sha256(f"{machine}|{sha256_file(session.info.path)}|{session.backend}-{session.precision}"
+                         f"|{tuple(batches)}".encode()).hexdigest()[:20]
+    path = default_cache_dir() / "calibration" / f"{key}.json"
+    if cache and path.is_file():
+        try:
+            known = json.loads(path.read_text())
+            return int(known["batch"]), {**known, "cached": True}
+        except (OSError, ValueError, KeyError):
+            pass
+    fps = measure(session, inputs, audio, batches)
+    result = {"batch": pick(fps), "fps": {str(b): round(v, 2) for b, v in fps.items()}, "machine": machine,
+              "setting": f"{session.backend}-{session.precision}"}
+    if cache:
+        try:
+            with building_file(path, None, "the batch calibration") as tmp:
+                tmp.write_text(json.dumps(result))
+        except (OSError, FastgenError):
+            pass
+    return result["batch"], {**result, "cached": False}
