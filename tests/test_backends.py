@@ -155,3 +155,21 @@ def test_cli_renders_the_demo_with_openvino_bf16(demo_cache, tmp_path):
     assert "fastgen: backend openvino bf16 (requested" in proc.stderr
     assert "not faithful" in proc.stderr                # the measured PSNR is stated
     assert len(list((tmp_path / "f").iterdir())) == 3
+
+
+def test_auto_tries_openvino_fp16_where_the_cpu_has_it():
+    xeon = {"avx2", "avx512f", "avx512_bf16", "avx512_fp16"}
+    c = choose("auto", "auto", flags=xeon, available={"ort", "openvino"}, gpu=False)
+    assert c.candidates == (("openvino", "bf16"), ("openvino", "fp16")) and "avx512_fp16" in c.reason
+    c = choose("auto", "fp16", flags=xeon, available={"ort", "openvino"}, gpu=False)
+    assert c.candidates == (("openvino", "fp16"),)
+    c = choose("auto", "fp16", flags=ZEN4, available={"ort", "openvino"}, gpu=False)
+    assert (c.backend, c.candidates) == ("ort", ()) and "no native fp16" in c.reason
+
+
+def test_openvino_fp16_runs_in_fp16(generator_info, feeds):
+    session = open_session(generator_info, backend="openvino", precision="fp16", threads=2)
+    out = session.run(feeds)
+    assert out.shape == (2, 3, 320, 320) and np.isfinite(out).all() and 0 <= out.min() <= out.max() <= 1
+    if choice_mod.native_fp16(cpu_flags()):       # elsewhere OpenVINO may run it in f32
+        assert session.describe()["runtime_precision"].get("f16", 0) > 0

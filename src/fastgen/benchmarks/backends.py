@@ -15,8 +15,9 @@ import time
 from typing import Callable, Optional
 
 from ..engine import Generator
-from ..runtime import BACKENDS, PRECISIONS, default_threads, open_session
-from ..runtime.choice import choose, cpu_flags, installed, native_bf16
+from ..errors import FastgenError
+from ..runtime import BACKENDS, GPU_BACKENDS, PRECISIONS, default_threads, open_session
+from ..runtime.choice import choose, cpu_flags, cpu_model, gpu_present, installed, native_bf16, native_fp16
 from ..runtime.fidelity import BAR, avatar_inputs, compare, faithful, run_all
 from ..sinks import JpegDirectory
 
@@ -35,12 +36,33 @@ def _pipeline_fps(gen: Generator, wav, frames: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def _auto_reason(auto: str, choice) -> str:
-    if auto != "ort-fp32":
-        return f"{auto}: faithful on this model and native on this CPU"
-    if choice.candidate is None:
-        return choice.reason
-    return f"{'-'.join(choice.candidate)} is not faithful on this model: auto stays on ort-fp32"
+def _auto(report: dict, choice) -> tuple[str, str]:
+    """The key ``auto`` picks given the measured report, and why."""
+    base = f"{choice.backend}-{choice.precision}"
+    for backend, precision in choice.candidates:
+        key = f"{backend}-{precision}"
+        if report.get(key, {}).get("auto_eligible"):
+            return key, f"{key}: faithful on this model and native here"
+    if not choice.candidates:
+        return base, choice.reason
+    tried = ", ".join("-".join(c) for c in choice.candidates)
+    return base, f"{tried}: not faithful on this model (or not measured): auto stays on {base}"
+
+
+def _native(backend: str, precision: str, flags, gpu: bool) -> bool:
+    if backend in GPU_BACKENDS:
+        return gpu or precision in ("fp32", "bf16") and backend == "torch"
+    if precision == "bf16":
+        return native_bf16(flags) is not None
+    if precision == "fp16":
+        return native_fp16(flags) is not None
+    return True
+
+
+def _int8_model(gen: Generator):
+    from ..runtime.quantize import quantized_generator
+
+    return quantized_generator(gen.generator_info, gen.avatar, gen.step, gen.feature_table)
 
 
 def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeline_frames: int = 100,
@@ -52,36 +74,49 @@ def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeli
     inputs, audio = avatar_inputs(gen.step, table, avatar.order(len(table)), gen.audio_shape, count=16)
     flags = cpu_flags()
     bf16_flag = native_bf16(flags)
-    settings = {f"{b}-{p}": (b, p) for b in BACKENDS if installed(b) for p in PRECISIONS[b]}
-    sessions = {}
+    gpu = gpu_present()
+    settings = {f"{b}-{p}": (b, p) for b in BACKENDS if installed(b) and (gpu or b not in ("cuda", "tensorrt"))
+                for p in PRECISIONS[b]}
+    sessions, errors = {}, {}
     for key, (b, p) in settings.items():
+        if b in GPU_BACKENDS and not gpu:
+            # measured once (Xeon, 2 cores): torch on the CPU runs at ~0.2x ORT; it is there for
+            # parity tests, and timing it would take longer than everything else here
+            errors[key] = "skipped: no GPU here (the torch backend on a CPU is for parity tests)"
+            continue
         say(f"opening {key}")
-        sessions[key] = open_session(gen.generator_info, backend=b, precision=p, threads=threads)
-        _fps(sessions[key], inputs, audio, 2)                 # warm-up
+        try:
+            model = _int8_model(gen) if p == "int8" else gen.generator_info
+            sessions[key] = open_session(model, backend=b, precision=p, threads=threads)
+            _fps(sessions[key], inputs, audio, 2)                 # warm-up
+        except FastgenError as exc:
+            errors[key] = str(exc)
+            sessions.pop(key, None)
     outputs = {key: run_all(s.run, inputs, audio) for key, s in sessions.items()}
-    runs: dict = {key: [] for key in settings}
+    runs: dict = {key: [] for key in sessions}
     for r in range(rounds):
-        say(f"round {r + 1}/{rounds}: model-only, {len(settings)} settings")
+        say(f"round {r + 1}/{rounds}: model-only, {len(sessions)} settings")
         for key, s in sessions.items():
             runs[key].append(_fps(s, inputs, audio, model_frames))
     base = statistics.median(runs["ort-fp32"])
     report: dict = {}
     for key, (b, p) in settings.items():
+        if key in errors:
+            report[key] = {"error": errors[key], "auto_eligible": False}
+            continue
         figures = compare(outputs["ort-fp32"], outputs[key])
-        native = p != "bf16" or bf16_flag is not None
+        native = _native(b, p, flags, gpu)
         fps = statistics.median(runs[key])
+        facts = sessions[key].describe()
         report[key] = {"fps": round(fps, 2), "fps_runs": [round(v, 2) for v in runs[key]],
                        "speedup_vs_ort_fp32": round(fps / base, 3), **figures,
                        "faithful": faithful(figures), "native": native,
-                       "auto_eligible": faithful(figures) and native,
-                       "runtime": sessions[key].describe().get("runtime_precision")}
+                       "auto_eligible": faithful(figures) and native and p != "int8",
+                       "runtime": facts.get("runtime_precision") or facts.get("device")}
+    auto_choice = choose("auto", "auto", flags=flags, gpu=gpu)
+    auto, auto_reason = _auto(report, auto_choice)
     eligible = [k for k, v in report.items() if v["auto_eligible"]]
     best = max(eligible, key=lambda k: report[k]["fps"]) if eligible else "ort-fp32"
-    auto_choice = choose("auto", "auto", flags=flags)
-    auto = "ort-fp32"
-    if auto_choice.candidate and "-".join(auto_choice.candidate) in report \
-            and report["-".join(auto_choice.candidate)]["auto_eligible"]:
-        auto = "-".join(auto_choice.candidate)
     del sessions, outputs
     pipeline = {}
     for key in dict.fromkeys(["ort-fp32", best, auto]):
@@ -92,10 +127,12 @@ def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeli
     weights = gen.generator_info.weights                    # fidelity is the generator's
     return {
         "backends": report, "auto": auto, "fastest_faithful": best,
-        "auto_reason": _auto_reason(auto, auto_choice),
+        "auto_reason": auto_reason,
         "pipeline_fps": pipeline,
         "pipeline_speedup": round(pipeline[best] / pipeline["ort-fp32"], 3),
-        "cpu": {"native_bf16": bf16_flag, "threads": threads},
+        "cpu": {"model": cpu_model(), "native_bf16": bf16_flag, "native_fp16": native_fp16(flags),
+                "threads": threads},
+        "gpu": gpu,
         "generator_weights": weights,
         "fidelity_note": (None if weights == "user" else
                           f"{weights} weights: fidelity figures say nothing about a trained model"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from typing import Iterable, Optional, Sequence
 
@@ -22,6 +21,7 @@ from ..cachedir import default_cache_dir
 from ..errors import FastgenError
 from ..models import sha256_file
 from . import GPU_BACKENDS
+from .choice import cpu_model
 
 GPU_BATCHES = (1, 4, 8, 16, 32)
 AMX_BATCHES = (1, 2, 4)
@@ -38,17 +38,6 @@ def batches_to_try(backend: str, flags: Iterable[str], dynamic_batch: bool) -> S
     if backend in ("ort", "openvino") and any(f in set(flags) for f in AMX_FLAGS):
         return AMX_BATCHES
     return (1,)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def pick(fps: dict[int, float]) -> int:
@@ -82,7 +71,7 @@ def calibrated_batch(session, inputs: np.ndarray, audio: np.ndarray, batches: Se
     if tuple(batches) == (1,):
         return 1, None
     facts = session.describe()
-    machine = f"{_cpu_model()}|{facts.get('device', '')}|{session.threads}"
+    machine = f"{cpu_model()}|{facts.get('device', '')}|{session.threads}"
     key = hashlib.sha256(f"{machine}|{sha256_file(session.info.path)}|{session.backend}-{session.precision}"
                          f"|{tuple(batches)}".encode()).hexdigest()[:20]
     path = default_cache_dir() / "calibration" / f"{key}.json"

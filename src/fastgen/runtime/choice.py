@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import platform
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
@@ -24,6 +25,7 @@ from . import BACKEND_ALIASES, BACKENDS, GPU_BACKENDS, PRECISIONS, open_session
 log = logging.getLogger("fastgen")
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+FP16_FLAGS = ("avx512_fp16", "amx_fp16")
 CHOICES = ("auto", *BACKENDS, *BACKEND_ALIASES)
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16", "int8")
 EXTRAS = {"ort": "fastgen", "openvino": "fastgen[openvino]", "torch": "fastgen[torch]",
@@ -72,6 +74,24 @@ def native_bf16(flags: Iterable[str]) -> Optional[str]:
     """The flag that gives this CPU native bf16 arithmetic, or None."""
     flags = set(flags)
     return next((f for f in BF16_FLAGS if f in flags), None)
+
+
+def native_fp16(flags: Iterable[str]) -> Optional[str]:
+    """The flag that gives this CPU native fp16 arithmetic (OpenVINO's f16 hint), or None."""
+    flags = set(flags)
+    return next((f for f in FP16_FLAGS if f in flags), None)
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, as benchmarks and caches name the machine."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def gpu_present(paths: Iterable[str] = NVIDIA_DEVICES) -> bool:
@@ -139,9 +159,12 @@ def choose(backend: str = "auto", precision: str = "auto", *, flags: Optional[It
             b = "openvino" if "openvino" in available else "ort"
             return Choice(b, "int8", "requested int8 (auto never picks it: not faithful on the "
                                      "generators measured)")
-        if precision in ("auto", "bf16") and bf16_flag and "openvino" in available:
-            return Choice("ort", "fp32", f"auto: checking OpenVINO bf16 ({bf16_flag}) against fp32 first",
-                          candidates=(("openvino", "bf16"),))
+        native = [(p, flag) for p, flag in (("bf16", bf16_flag), ("fp16", native_fp16(flags)))
+                  if flag and precision in ("auto", p) and "openvino" in available]
+        if native:
+            names = " then ".join(f"OpenVINO {p} ({flag})" for p, flag in native)
+            return Choice("ort", "fp32", f"auto: checking {names} against fp32 first",
+                          candidates=tuple(("openvino", p) for p, _ in native))
         gpu_note = "; an NVIDIA GPU is present but no GPU backend is installed " \
                    "(pip install 'fastgen[torch]' or 'fastgen[gpu]')" if gpu else ""
         if precision in ("bf16", "fp16"):
