@@ -126,18 +126,3 @@ def test_missing_model_is_a_model_error(tmp_path, calibration):
     with pytest.raises(ModelError, match="model file not found") as err:
         q.quantize_generator(tmp_path / "nope.onnx", *calibration, cache=tmp_path)
     assert str(tmp_path / "nope.onnx") in str(err.value) and "\n" not in str(err.value)
-
-
-def test_nncf_missing_is_an_input_error(dataset, calibration, int8_cache, monkeypatch):
-    import builtins
-
-    real = builtins.__import__
-
-    def no_nncf(name, *args, **kwargs):
-        if name == "nncf" or name.startswith("nncf."):
-            raise ImportError("No module named 'nncf'")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_nncf)
-    with pytest.raises(InputError, match="pip install nncf"):
-        q.quantize_generator(dataset / "generator.onnx", *calibration, method="nncf", cache=int8_cache)

@@ -4,7 +4,7 @@ bf16 runs natively on CPUs with AVX512_BF16 or AMX and halves the bytes the memo
 moves; elsewhere OpenVINO emulates it slowly, so :mod:`.choice` only picks it where it is native.
 fp16 is native with AVX512_FP16 or AMX-FP16.  int8 runs a model quantized on the avatar
 (:mod:`.quantize`: QuantizeLinear/DequantizeLinear pairs, which OpenVINO turns into u8/i8
-convolutions) with everything left in float at bf16 where that is native, else f32.
+convolutions) with everything left in float at bf16 on AMX CPUs, else f32.
 ``run`` releases the GIL inside OpenVINO, like ONNX Runtime.
 """
 from __future__ import annotations
@@ -24,10 +24,12 @@ PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}  
 
 def hint(precision: str) -> str:
     """OpenVINO's INFERENCE_PRECISION_HINT for ``precision`` on this CPU."""
-    if precision == "int8":            # the layers left in float: bf16 where native
-        from .choice import cpu_flags, native_bf16
+    if precision == "int8":
+        # the layers left in float: bf16 on AMX; on AVX512_BF16 alone OpenVINO's bf16 measured
+        # slower than f32 (Xeon without AMX, 2026-12-02: 10.8 against 15.1 fps)
+        from .choice import cpu_flags
 
-        return "bf16" if native_bf16(cpu_flags()) else "f32"
+        return "bf16" if "amx_bf16" in cpu_flags() else "f32"
     return PRECISION_HINTS[precision]
 
 
