@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     from fastgen import Avatar, Generator, demo
     from fastgen.audio import load_audio
-    from fastgen.runtime import default_threads, open_session
+    from fastgen.runtime import default_threads
     from fastgen.runtime.fidelity import avatar_inputs, compare, faithful, run_all
     from fastgen.runtime.pytorch import open_torch
 

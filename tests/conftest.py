@@ -50,3 +50,20 @@ def demo_cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo-cache")
     demo.avatar(cache_dir=root)
     return root
+
+
+@pytest.fixture(scope="session")
+def generator_info(dataset):
+    """The synthetic generator of ``dataset``, inspected (the backends' tests open it)."""
+    from fastgen.models import inspect
+
+    return inspect(dataset / "generator.onnx", expect="generator")
+
+
+@pytest.fixture(scope="session")
+def feeds():
+    """A batch of 2 generator inputs with audio features (synthetic, seeded)."""
+    from fastgen.models import generator_inputs
+
+    image, audio = generator_inputs(np.random.default_rng(3), 2, "ave")
+    return {"input": image, "audio": audio}

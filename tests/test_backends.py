@@ -12,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastgen import Avatar, Generator, InputError, ModelError
-from fastgen.models import generator_inputs, inspect
+from fastgen import Generator, InputError, ModelError
 from fastgen.runtime import BACKENDS, open_session
 from fastgen.runtime import choice as choice_mod
 from fastgen.runtime.choice import Choice, choose, cpu_flags, native_bf16, open_chosen
@@ -22,17 +21,6 @@ from fastgen.runtime.fidelity import compare, faithful
 ZEN4 = {"avx2", "avx512f", "avx512_bf16"}
 SAPPHIRE = {"avx2", "avx512f", "amx_bf16", "amx_int8"}
 AVX2 = {"avx2", "fma"}
-
-
-@pytest.fixture(scope="module")
-def generator_info(dataset):
-    return inspect(dataset / "generator.onnx", expect="generator")
-
-
-@pytest.fixture(scope="module")
-def feeds():
-    image, audio = generator_inputs(np.random.default_rng(3), 2, "ave")
-    return {"input": image, "audio": audio}
 
 
 def test_auto_picks_bf16_only_where_it_is_native_and_installed():

@@ -27,19 +27,8 @@ ZEN4 = {"avx2", "avx512f", "avx512_bf16"}
 
 
 @pytest.fixture(scope="module")
-def generator_info(dataset):
-    return inspect(dataset / "generator.onnx", expect="generator")
-
-
-@pytest.fixture(scope="module")
 def encoder_info(dataset):
     return inspect(dataset / "audio_encoder.onnx", expect="audio_encoder")
-
-
-@pytest.fixture(scope="module")
-def feeds():
-    image, audio = generator_inputs(np.random.default_rng(5), 2, "ave")
-    return {"input": image, "audio": audio}
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +323,57 @@ def test_measure_runs_each_batch(generator_info):
     inputs, audio = generator_inputs(np.random.default_rng(0), 3, "ave")
     fps = calibration.measure(Counting(generator_info, "torch", "fp16"), inputs, audio, (1, 4), seconds=0.01)
     assert set(fps) == {1, 4} and all(v > 0 for v in fps.values()) and {1, 4} <= set(calls)
+
+
+def test_a_faithful_candidate_that_is_not_faster_is_not_taken(generator_info, monkeypatch):
+    monkeypatch.setitem(BACKENDS, "openvino", lambda info, precision="fp32", **_: FakeSession(info, "openvino", precision))
+    monkeypatch.setitem(BACKENDS, "ort", lambda info, precision="fp32", **_: FakeSession(info, "ort", precision))
+    good = {"faithful": True, "psnr_db": 53.8, "min_frame_psnr_db": 53.6, "p99_face_levels": 1.7}
+    slower = {"faster": False, "speedup": 0.77, "fallback": "ort-fp32"}
+    choice = Choice("ort", "fp32", "auto", candidates=(("openvino", "bf16"), ("openvino", "fp16")))
+    races = []
+
+    def race(fallback, candidate):
+        races.append(candidate.precision)
+        return slower if candidate.precision == "bf16" else {"faster": True, "speedup": 1.2, "fallback": "ort-fp32"}
+
+    sessions, chosen, _ = open_chosen(generator_info, choice, sessions=1, threads=1,
+                                      check=lambda ref, cand: good, race=race)
+    assert (chosen.backend, chosen.precision) == ("openvino", "fp16") and races == ["bf16", "fp16"]
+    assert "1.2x ort-fp32" in chosen.reason
+
+
+def test_race_times_both_and_caches_the_answer(generator_info, monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("FASTGEN_CACHE", str(tmp_path))
+
+    class Slow(FakeSession):
+        def __init__(self, info, backend, precision, delay):
+            super().__init__(info, backend, precision)
+            self.delay = delay
+
+        def run(self, feeds):
+            time.sleep(self.delay)
+            return super().run(feeds)
+
+    inputs, audio = generator_inputs(np.random.default_rng(0), 2, "ave")
+    race = calibration.Race(lambda: (inputs, audio), seconds=0.05)
+    fallback = Slow(generator_info, "ort", "fp32", 0.004)
+    fast = Slow(generator_info, "openvino", "fp16", 0.001)
+    assert race.cached(generator_info, "openvino-fp16", fallback) is None
+    result = race(fallback, fast)
+    assert result["faster"] and result["speedup"] > 1.5 and result["cached"] is False
+    again = race.cached(generator_info, "openvino-fp16", fallback)
+    assert again["cached"] and again["speedup"] == result["speedup"]
+    slow = Slow(generator_info, "openvino", "bf16", 0.008)
+    assert not race(fallback, slow)["faster"]
+
+
+def test_a_requested_backend_that_is_not_installed_warns_once(generator_info, caplog):
+    choice = choose("cuda", "fp16", available={"ort"}, gpu=False)
+    with caplog.at_level(logging.WARNING, logger="fastgen"):
+        sessions, chosen, _ = open_chosen(generator_info, choice, sessions=1, threads=1, check=lambda a, b: {})
+    assert (chosen.backend, sessions[0].backend) == ("ort", "ort")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["the cuda backend is not installed (pip install 'fastgen[gpu]'); falling back to ort fp32"]

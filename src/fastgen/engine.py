@@ -26,7 +26,7 @@ from .frame import Frame, FrameStep, feather_width
 from .models import WEIGHTS_LABELS, inspect, weights_kind
 from .models.graphs import EMB_SIZE
 from .runtime import GPU_BACKENDS, default_threads, open_session
-from .runtime.calibration import batches_to_try, calibrated_batch
+from .runtime.calibration import Race, batches_to_try, calibrated_batch
 from .runtime.choice import choose, cpu_flags, open_chosen
 from .runtime.fidelity import Check, avatar_inputs
 from .scheduler import FrameScheduler
@@ -132,7 +132,8 @@ class Generator:
         check = Check(self._fidelity_inputs)
         self.sessions, self.choice, self.fidelity = open_chosen(
             self.generator_info, chosen, sessions=cfg.sessions, threads=cfg.threads,
-            providers=providers, check=check, model_for=lambda p: self._model_for(p, check))
+            providers=providers, check=check, model_for=self._model_for,
+            race=Race(lambda: check.inputs))
         self.calibration = None
         if batch is None:
             tries = batches_to_try(self.choice.backend, cpu_flags(), self.generator_info.dynamic_batch)
@@ -149,7 +150,7 @@ class Generator:
         table = self.feature_table(demo.audio(4.0, seed=3))
         return avatar_inputs(self.step, table, self.avatar.order(len(table)), self.audio_shape)
 
-    def _model_for(self, precision: str, check: Check):
+    def _model_for(self, precision: str):
         """The generator to open at ``precision``: int8 runs a copy quantized on this avatar."""
         if precision != "int8":
             return self.generator_info

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from ..engine import Generator
 from ..errors import FastgenError
 from ..runtime import BACKENDS, GPU_BACKENDS, PRECISIONS, default_threads, open_session
+from ..runtime.calibration import MIN_GAIN
 from ..runtime.choice import choose, cpu_flags, cpu_model, gpu_present, installed, native_bf16, native_fp16
 from ..runtime.fidelity import BAR, avatar_inputs, compare, faithful, run_all
 from ..sinks import JpegDirectory
@@ -39,14 +40,19 @@ def _pipeline_fps(gen: Generator, wav, frames: int) -> float:
 def _auto(report: dict, choice) -> tuple[str, str]:
     """The key ``auto`` picks given the measured report, and why."""
     base = f"{choice.backend}-{choice.precision}"
+    why = []
     for backend, precision in choice.candidates:
         key = f"{backend}-{precision}"
-        if report.get(key, {}).get("auto_eligible"):
-            return key, f"{key}: faithful on this model and native here"
+        entry = report.get(key, {})
+        if not entry.get("auto_eligible"):
+            why.append(f"{key} not faithful" if "fps" in entry else f"{key} not measured")
+        elif base in report and entry["fps"] < MIN_GAIN * report[base]["fps"]:
+            why.append(f"{key} faithful but not faster ({entry['fps'] / report[base]['fps']:.2f}x {base})")
+        else:
+            return key, f"{key}: faithful on this model, native and faster here"
     if not choice.candidates:
         return base, choice.reason
-    tried = ", ".join("-".join(c) for c in choice.candidates)
-    return base, f"{tried}: not faithful on this model (or not measured): auto stays on {base}"
+    return base, f"{'; '.join(why)}: auto stays on {base}"
 
 
 def _native(backend: str, precision: str, flags, gpu: bool) -> bool:
@@ -131,11 +137,12 @@ def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeli
         "pipeline_fps": pipeline,
         "pipeline_speedup": round(pipeline[best] / pipeline["ort-fp32"], 3),
         "cpu": {"model": cpu_model(), "native_bf16": bf16_flag, "native_fp16": native_fp16(flags),
+                "amx": sorted(f for f in flags if f.startswith("amx")),
                 "threads": threads},
         "gpu": gpu,
         "generator_weights": weights,
         "fidelity_note": (None if weights == "user" else
                           f"{weights} weights: fidelity figures say nothing about a trained model"),
-        "bar": BAR, "rounds": rounds, "model_frames": model_frames, "pipeline_frames": pipeline_frames,
+        "bar": BAR, "auto_needs_speedup": MIN_GAIN, "rounds": rounds, "model_frames": model_frames, "pipeline_frames": pipeline_frames,
         "generator": str(gen.generator_info.path),
     }

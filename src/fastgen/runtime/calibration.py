@@ -10,15 +10,12 @@ machine (CPU model, device, threads), the model's hash and the setting.  ``batch
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from ..atomic import building_file
-from ..cachedir import default_cache_dir
-from ..errors import FastgenError
+from ..cachedir import default_cache_dir, read_record, write_record
 from ..models import sha256_file
 from . import GPU_BACKENDS
 from .choice import cpu_model
@@ -75,19 +72,63 @@ def calibrated_batch(session, inputs: np.ndarray, audio: np.ndarray, batches: Se
     key = hashlib.sha256(f"{machine}|{sha256_file(session.info.path)}|{session.backend}-{session.precision}"
                          f"|{tuple(batches)}".encode()).hexdigest()[:20]
     path = default_cache_dir() / "calibration" / f"{key}.json"
-    if cache and path.is_file():
-        try:
-            known = json.loads(path.read_text())
-            return int(known["batch"]), {**known, "cached": True}
-        except (OSError, ValueError, KeyError):
-            pass
+    known = read_record(path) if cache else None
+    if known is not None and isinstance(known.get("batch"), int):
+        return known["batch"], known
     fps = measure(session, inputs, audio, batches)
     result = {"batch": pick(fps), "fps": {str(b): round(v, 2) for b, v in fps.items()}, "machine": machine,
               "setting": f"{session.backend}-{session.precision}"}
     if cache:
-        try:
-            with building_file(path, None, "the batch calibration") as tmp:
-                tmp.write_text(json.dumps(result))
-        except (OSError, FastgenError):
-            pass
+        write_record(path, result, "the batch calibration")
     return result["batch"], {**result, "cached": False}
+
+
+MIN_GAIN = 1.05        # a reduced precision must be this much faster than its fallback to be used
+
+
+class Race:
+    """Is a faithful candidate actually faster than the fp32 fallback, here?  Measured once.
+
+    Native bf16 is not always a gain: on a 2-core Xeon with AVX512_BF16 but no AMX, OpenVINO bf16
+    ran at 0.77x ORT fp32 (2026-12-02), while on a Zen 4 it ran at 1.6x.  So ``auto`` times the
+    two, interleaved (one warm-up, then two rounds of about ``seconds`` each), and keeps the
+    candidate only if it is at least 5 % faster.  The answer is cached per machine, model and pair
+    of settings; ``cached`` answers without opening the candidate.
+    """
+
+    def __init__(self, make_inputs, seconds: float = 0.75):
+        self.make_inputs = make_inputs
+        self.seconds = seconds
+        self._inputs = None
+
+    @property
+    def inputs(self):
+        if self._inputs is None:
+            self._inputs = self.make_inputs()
+        return self._inputs
+
+    def _path(self, info, fallback, setting: str):
+        machine = f"{cpu_model()}|{fallback.describe().get('device', '')}|{fallback.threads}"
+        key = hashlib.sha256(f"{machine}|{sha256_file(info.path)}|{fallback.backend}-{fallback.precision}"
+                             f"|{setting}".encode()).hexdigest()[:20]
+        return default_cache_dir() / "calibration" / f"race-{key}.json"
+
+    def cached(self, info, setting: str, fallback) -> Optional[dict]:
+        return read_record(self._path(info, fallback, setting))
+
+    def __call__(self, fallback, candidate) -> dict:
+        inputs, audio = self.inputs
+        runs: dict = {"fallback": [], "candidate": []}
+        measure(candidate, inputs, audio, (1,), seconds=0.0)          # warm-up (first-run costs)
+        for _ in range(2):
+            for name, session in (("fallback", fallback), ("candidate", candidate)):
+                runs[name].append(measure(session, inputs, audio, (1,), seconds=self.seconds)[1])
+        fps = {name: max(v) for name, v in runs.items()}
+        speedup = fps["candidate"] / fps["fallback"]
+        result = {"setting": f"{candidate.backend}-{candidate.precision}",
+                  "fallback": f"{fallback.backend}-{fallback.precision}",
+                  "fps": {k: round(v, 2) for k, v in fps.items()}, "speedup": round(speedup, 3),
+                  "faster": speedup >= MIN_GAIN}
+        # keyed on the fallback's file: the fp32 model the candidate is a setting (or copy) of
+        write_record(self._path(fallback.info, fallback, result["setting"]), result, "the speed check")
+        return {**result, "cached": False}

@@ -200,12 +200,16 @@ def _figures(v: dict) -> str:
 
 def open_chosen(info, choice: Choice, *, sessions: int, threads: int, providers=None,
                 check: Callable[[object, object], dict],
-                model_for: Optional[Callable[[str], object]] = None) -> tuple[list, Choice, Optional[dict]]:
+                model_for: Optional[Callable[[str], object]] = None,
+                race: Optional[Callable[[object, object], dict]] = None) -> tuple[list, Choice, Optional[dict]]:
     """Open ``sessions`` sessions for ``choice``; verify its candidates (in order) or a requested
     reduced precision with ``check(reference_ort_fp32, candidate)`` (a :func:`fidelity.verdict`).
+    With ``race`` (a :class:`~.calibration.Race`), a faithful candidate must also be measured
+    faster than the fallback to be taken.
 
-    ``check.cached(info, "backend-precision")``, where ``check`` has it, returns a verdict known
-    from an earlier run, so a setting known to fail is not even compiled.  ``model_for(precision)``
+    ``check.cached(info, "backend-precision")`` and ``race.cached(info, setting, fallback)``, where
+    they exist, return what an earlier run found, so a setting known to fail is not even
+    compiled.  ``model_for(precision)``
     gives the model to open for a precision that needs its own copy (int8: quantized on the
     avatar); by default every setting opens ``info``.  Returns the sessions, the final choice (its
     reason says what happened) and the verdict.
@@ -218,6 +222,8 @@ def open_chosen(info, choice: Choice, *, sessions: int, threads: int, providers=
         return [open_session(target, backend=backend, precision=precision, threads=threads,
                              providers=providers if backend == "ort" else None) for _ in range(n)]
 
+    if choice.reason.startswith("fallback:"):          # choose() found the requested backend missing
+        log.warning("%s; falling back to ort fp32", choice.reason[len("fallback: "):])
     try:
         opened = open_n(choice.backend, choice.precision, sessions)
     except FastgenError as exc:
@@ -238,10 +244,16 @@ def open_chosen(info, choice: Choice, *, sessions: int, threads: int, providers=
     cached = getattr(check, "cached", None)
     verdict, failures = None, []
     for backend, precision in choice.candidates:
-        known = cached(info, f"{backend}-{precision}") if cached is not None else None
+        setting = f"{backend}-{precision}"
+        known = cached(info, setting) if cached is not None else None
         if known is not None and not known["faithful"]:
             failures.append(f"{backend} {precision} is not faithful on this model ({_figures(known)}, cached)")
             verdict = known
+            continue
+        speed = race.cached(info, setting, opened[0]) if race is not None and hasattr(race, "cached") else None
+        if speed is not None and not speed["faster"]:
+            failures.append(f"{backend} {precision} is not faster here ({speed['speedup']}x {speed['fallback']}, "
+                            "cached)")
             continue
         try:
             candidate = open_n(backend, precision, 1)[0]
@@ -252,8 +264,15 @@ def open_chosen(info, choice: Choice, *, sessions: int, threads: int, providers=
         if not verdict["faithful"]:
             failures.append(f"{backend} {precision} is not faithful on this model ({_figures(verdict)})")
             continue
+        if race is not None and speed is None:
+            speed = race(opened[0], candidate)
+            if not speed["faster"]:
+                failures.append(f"{backend} {precision} is faithful but not faster here "
+                                f"({speed['speedup']}x {speed['fallback']})")
+                continue
+        gain = f", {speed['speedup']}x {speed['fallback']}" if speed else ""
         opened = [candidate, *open_n(backend, precision, sessions - 1)]
-        return opened, Choice(backend, precision, f"auto: faithful on this model ({_figures(verdict)})"), verdict
+        return opened, Choice(backend, precision, f"auto: faithful on this model ({_figures(verdict)}{gain})"), verdict
     if choice.candidates:
         return opened, Choice(choice.backend, choice.precision, "auto: " + "; ".join(failures)), verdict
     if choice.precision != "fp32":

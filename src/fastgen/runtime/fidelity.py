@@ -9,14 +9,11 @@ fastgen cache, keyed by the model file's hash, the inputs' hash and the setting.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ..atomic import building_file
-from ..cachedir import default_cache_dir
-from ..errors import FastgenError
+from ..cachedir import default_cache_dir, read_record, write_record
 from ..image import MASK_COLS, MASK_ROWS
 from ..models import sha256_file
 
@@ -69,13 +66,7 @@ def _cache_path(model_path, inputs: np.ndarray, audio: np.ndarray, setting: str)
 
 def cached_verdict(model_path, inputs: np.ndarray, audio: np.ndarray, setting: str) -> Optional[dict]:
     """The verdict an earlier run stored for ``setting`` ("backend-precision"), or None."""
-    path = _cache_path(model_path, inputs, audio, setting)
-    if path.is_file():
-        try:
-            return {**json.loads(path.read_text()), "cached": True}
-        except (OSError, ValueError):
-            pass
-    return None
+    return read_record(_cache_path(model_path, inputs, audio, setting))
 
 
 def verdict(reference, candidate, inputs: np.ndarray, audio: np.ndarray, *,
@@ -94,11 +85,7 @@ def verdict(reference, candidate, inputs: np.ndarray, audio: np.ndarray, *,
     figures = compare(run_all(reference.run, inputs, audio), run_all(candidate.run, inputs, audio))
     result = {"setting": setting, **figures, "faithful": faithful(figures), "bar": BAR}
     if cache:
-        try:
-            with building_file(_cache_path(model_path, inputs, audio, setting), None, "the fidelity verdict") as tmp:
-                tmp.write_text(json.dumps(result))
-        except (OSError, FastgenError):
-            pass              # a read-only cache only costs the check again next time
+        write_record(_cache_path(model_path, inputs, audio, setting), result, "the fidelity verdict")
     return {**result, "cached": False}
 
 
