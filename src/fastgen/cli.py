@@ -159,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         try:
             summary = gen.render(audio, output, count=args.frames, jpeg_quality=args.jpeg_quality,
-                                 progress=progress)
+                                 jpeg_mode=args.jpeg_mode, progress=progress)
         finally:
             close()
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps) "
@@ -175,15 +175,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     log = None if (args.json or args.quiet) else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-    if args.backends:
+    if args.backends or args.frame_path:
         from . import demo
+
+        wav = demo.audio() if not args.audio else _load(args.audio)
+        if args.frame_path:
+            from .benchmarks.frame_path import run_frame_path
+
+            report = run_frame_path(_open_avatar(args), wav, frames=args.frames, rounds=args.rounds, log=log)
+            print(json.dumps(report, indent=1) if args.json else "\n".join(
+                f"{k}: {v['cpu_ms_per_frame']} CPU ms/frame, {v['fps_1_worker']} fps (1 worker), "
+                f"{v['fps_2_workers']} fps (2)" for k, v in report["frame_path"].items()))
+            return 0
         from .benchmarks.backends import run_backends
 
-        report = run_backends(_open_avatar(args), demo.audio() if not args.audio else _load(args.audio),
-                              rounds=args.rounds, log=log)
+        report = run_backends(_open_avatar(args), wav, rounds=args.rounds, log=log)
         print(json.dumps(report, indent=1) if args.json else
               "\n".join(f"{k}: {v['fps']} fps ({v['speedup_vs_ort_fp32']}x), PSNR {v['psnr_db']} dB"
-                        + (" [auto]" if k == report["auto"] else "") for k, v in report["backends"].items()))
+                        + (" [auto]" if k == report["auto"] else "") if "fps" in v else f"{k}: {v['error']}"
+                        for k, v in report["backends"].items()))
         return 0
     from .benchmarks import run_bench
 
@@ -295,12 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
                                           "fastgen_demo.mp4, or fastgen_out.mp4 with --avatar/--audio")
     p.add_argument("--frames", type=int, help="render only the first N frames (default: all)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of frame files, 1-100 (default: 95)")
+    p.add_argument("--jpeg-mode", choices=("auto", "splice", "full"), default="auto",
+                   help="auto/splice (default): re-encode only the rows around the face and copy the rest "
+                   "from the template's JPEG; full: encode every frame whole")
     _add_model_options(p, "overriding the avatar's")
     p.add_argument("--progress", action="store_true", help="print progress lines even when not on a terminal")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="measure model-only, pipeline and baseline FPS in one run")
     _add_engine_options(p)
+    p.add_argument("--frame-path", action="store_true",
+                   help="everything but the model (a null model): fps at 1 and 2 workers, CPU ms per frame and "
+                        "stages, for spliced JPEG, full JPEG and MP4")
     p.add_argument("--backends", action="store_true",
                    help="measure every installed backend x precision: fps and fidelity against ort fp32")
     p.add_argument("--generator", help="generator model (.onnx or .pth) overriding the avatar's")

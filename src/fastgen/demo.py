@@ -20,18 +20,18 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-import simplejpeg
 
 from .avatar import (LANDMARK_POINTS, Avatar, PackTemplate, box_from_landmarks, default_cache_dir,
                      write_pack)
 from .errors import FastgenError
 from .models.known_answer import LABEL as KNOWN_ANSWER_LABEL
+from .splice import encode_with_restarts
 from .timing import SAMPLE_RATE
 
 FRAME_W, FRAME_H = 1280, 720
 TEMPLATES = 125                 # 5 s of template video; ping-pong makes a 10 s cycle
-JPEG_QUALITY = 92
-DEMO_VERSION = 1                # bump when the drawing changes: names the cache entry
+JPEG_QUALITY = 95
+DEMO_VERSION = 2                # bump when the drawing or its encoding changes: names the cache entry
 DEMO_WEIGHTS = "known-answer-1"  # bump together with demo_weights(): names the cache entry
 WEIGHTS_LABEL = KNOWN_ANSWER_LABEL
 
@@ -203,7 +203,8 @@ def render_templates(count: int = TEMPLATES, quality: int = JPEG_QUALITY) -> Ite
     scene = base, np.clip(base + 0.5, 0, 255).astype(np.uint8)
     for k in range(count):
         frame, lms = render(k, count, scene)
-        jpeg = simplejpeg.encode_jpeg(frame, quality, colorspace="BGR", colorsubsampling="420")
+        # restarts at every MCU row: the JPEG sink copies the rows outside the face from here
+        jpeg = encode_with_restarts(frame, quality)
         yield PackTemplate(jpeg, box_from_landmarks(lms.astype(np.int32)), f"demo template {k}")
 
 

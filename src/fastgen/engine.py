@@ -35,6 +35,7 @@ from .timing import FEATURE_CONTEXT, SAMPLE_RATE
 
 AudioLike = Union[str, "os.PathLike[str]", np.ndarray]
 ENCODER_BATCH = 64
+JPEG_MODES = ("auto", "splice", "full")
 
 
 @dataclass(frozen=True)
@@ -277,9 +278,13 @@ class Generator:
     # ------------------------------------------------------------------ output
 
     def render(self, audio: AudioLike, output, *, count: Optional[int] = None, jpeg_quality: int = 95,
-               progress: Optional[Callable[[int, int], None]] = None) -> dict:
+               progress: Optional[Callable[[int, int], None]] = None, jpeg_mode: str = "auto") -> dict:
         """Render to a JPEG directory (``frame_00001.jpg`` ...) or a video (``.mp4``, ``.mov``,
         ``.mkv``: H.264 + the audio file's own sound as AAC, at its rate and channels).
+
+        JPEG frames re-encode only the rows around the face box and copy the rest from the
+        template's coded data (``jpeg_mode="auto"`` or ``"splice"``; they decode exactly as a full
+        encode would); ``"full"`` encodes every frame whole.
 
         Composes :meth:`frames` with the sink :func:`fastgen.sinks.open_sink` picks for
         ``output``; written under a temporary name and renamed when complete.  Returns a summary
@@ -288,6 +293,8 @@ class Generator:
         if count is not None and count < 1:
             raise InputError(f"count must be >= 1 (got {count}): there would be nothing to write")
         check_quality(jpeg_quality)
+        if jpeg_mode not in JPEG_MODES:
+            raise InputError(f"jpeg_mode must be one of {', '.join(JPEG_MODES)} (got {jpeg_mode!r})")
         output_kind(output)                                   # a bad name fails before any work
         if isinstance(audio, np.ndarray):
             source = audio_io.SourceAudio(np.asarray(audio, np.float32).reshape(-1, 1), SAMPLE_RATE)
@@ -295,8 +302,13 @@ class Generator:
         else:
             source = audio_io.read_audio(audio)               # the video keeps this sound as it is
             wav = source.for_model()
+        splicer = None
+        if jpeg_mode != "full" and output_kind(output) == "jpeg":
+            from .splice import SplicingEncoder
+
+            splicer = SplicingEncoder(self.avatar.jpeg, self.avatar.frame, jpeg_quality)
         sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,
-                         frame_size=self.avatar.frame_size)
+                         frame_size=self.avatar.frame_size, splicer=splicer, workers=self.config.workers)
         table = self.feature_table(wav, count=count, where=source.path or "audio")
         t0 = time.perf_counter()
         n = sink.write(self.frames(table), total=len(table.frames), progress=progress)

@@ -13,7 +13,7 @@ benchmark's baselines all go through these functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -32,6 +32,12 @@ class Frame:
     presentation time in seconds and ``image`` the uint8 BGR (H, W, 3) frame.  Streams also say
     which ``utterance`` a frame belongs to, its ``position`` within it (-1 for idle frames) and
     whether the generator made it (``generated``; False for template frames).
+
+    ``template`` and ``changed`` say what the image is made of: template ``template``'s frame,
+    identical to it outside the box ``changed`` (x0, y0, x1, y1; an empty box for a plain
+    template frame).  The JPEG sink uses them to re-encode only the rows that changed
+    (:mod:`fastgen.splice`).  A step that changes other pixels must make a new Frame without them
+    (the defaults: unknown, full encode).
     """
 
     index: int
@@ -40,6 +46,8 @@ class Frame:
     utterance: int = 0
     position: int = 0
     generated: bool = True
+    template: int = -1
+    changed: Optional[tuple] = None
 
 
 def feather_width(blend: str) -> int:
@@ -92,3 +100,7 @@ class FrameStep:
     def template(self, k: int) -> np.ndarray:
         """A writable copy of template ``k``'s frame (idle or silent frames)."""
         return self.avatar.frame(k).copy()
+
+    def changed(self, k: int) -> tuple:
+        """The box outside which :meth:`finish` leaves template ``k``'s frame untouched."""
+        return tuple(int(v) for v in self.avatar.box(k))

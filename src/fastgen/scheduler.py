@@ -123,7 +123,8 @@ class FrameScheduler:
             for j in self.jobs:
                 image = self._next_future(j, len(threads)).result()
                 self.permits.release()
-                yield Frame(j, frame_time(j), image, position=j)
+                k = self.order[j]
+                yield Frame(j, frame_time(j), image, position=j, template=k, changed=self.step.changed(k))
         finally:
             self.stop.set()
             for t in threads:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
 from .atomic import building_dir, building_file
 from .errors import InputError
@@ -70,9 +70,15 @@ class JpegDirectory:
     An existing directory is replaced only if it holds nothing but earlier frames.
     """
 
-    def __init__(self, path, quality: int = 95):
+    def __init__(self, path, quality: int = 95, splicer=None, workers: int = 1):
         self.path = Path(path)
         self.quality = check_quality(quality)
+        self.workers = max(1, int(workers))    # encoder threads (simplejpeg releases the GIL)
+        # a fastgen.splice.SplicingEncoder: frames that say their template are re-encoded only in
+        # the rows that changed (the rest is the template's own coded data); None: full encodes
+        self.splicer = splicer
+        if splicer is not None and splicer.quality != self.quality:
+            raise InputError(f"the splicing encoder runs quality {splicer.quality}, the sink {self.quality}")
         _check_parent(self.path)
         if self.path.exists() and not self.path.is_dir():
             raise InputError(f"{self.path}: exists and is a file; choose another output name")
@@ -89,12 +95,35 @@ class JpegDirectory:
 
         return simplejpeg.encode_jpeg(image, quality=quality, colorspace="BGR", colorsubsampling="420")
 
+    def encode(self, frame: "Frame") -> bytes:
+        """``frame`` as the JPEG this sink writes (spliced where it can be)."""
+        if self.splicer is not None:
+            return self.splicer.encode(frame.image, frame.template, frame.changed)
+        return self.encode_image(frame.image, self.quality)
+
+    def encoded(self, frames: Iterable["Frame"]) -> Iterator[bytes]:
+        """Each frame's JPEG, in order, encoded on ``workers`` threads (at most 2 per worker ahead)."""
+        if self.workers == 1:
+            yield from map(self.encode, frames)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="fastgen-jpeg") as pool:
+            pending: deque = deque()
+            for frame in frames:
+                pending.append(pool.submit(self.encode, frame))
+                if len(pending) > 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
     def write(self, frames: Iterable["Frame"], *, total: Optional[int] = None, progress: Progress = None) -> int:
         """Consume ``frames``; returns how many were written."""
         n = 0
         with building_dir(self.path, None, "the frames") as tmp:
-            for n, frame in enumerate(frames, 1):
-                (tmp / f"frame_{n:05d}.jpg").write_bytes(self.encode_image(frame.image, self.quality))
+            for n, data in enumerate(self.encoded(frames), 1):
+                (tmp / f"frame_{n:05d}.jpg").write_bytes(data)
                 if progress:
                     progress(n, total if total is not None else n)
         return n
@@ -201,10 +230,11 @@ def _mux_audio(container, stream, audio: "SourceAudio", seconds: float) -> None:
 
 
 def open_sink(output, *, jpeg_quality: int = 95, audio: Optional["SourceAudio"] = None,
-              frame_size: tuple[int, int] = (0, 0)):
+              frame_size: tuple[int, int] = (0, 0), splicer=None, workers: int = 1):
     """The sink for ``output`` (:func:`output_kind`): a :class:`VideoFile` or a
-    :class:`JpegDirectory`.  Checks the path (and the quality) before anything is rendered."""
+    :class:`JpegDirectory` (with ``splicer``, a :class:`fastgen.splice.SplicingEncoder`, if given).
+    Checks the path (and the quality) before anything is rendered."""
     check_quality(jpeg_quality)
     if output_kind(output) == "video":
         return VideoFile(Path(output), audio, frame_size)
-    return JpegDirectory(Path(output), jpeg_quality)
+    return JpegDirectory(Path(output), jpeg_quality, splicer=splicer, workers=workers)

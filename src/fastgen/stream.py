@@ -112,8 +112,9 @@ class Stream:
         order = self.step.avatar.order(self._index + int(n))
         for _ in range(int(n)):
             self._last_pts += 1 / FPS
-            out.append(Frame(self._index, self._last_pts, self.step.template(order[self._index]),
-                             self._utterance, -1, False))
+            k = order[self._index]
+            out.append(Frame(self._index, self._last_pts, self.step.template(k), self._utterance, -1, False,
+                             template=k, changed=(0, 0, 0, 0)))
             self._index += 1
         return out
 
@@ -244,7 +245,8 @@ class Stream:
                 k = order[j]
                 image = self.step.finish(k, preds[j], a) if j in preds else self.step.template(k)
                 self._last_pts = self._t0 + frame_time(j)
-                out.append(Frame(self._index, self._last_pts, image, self._utterance, j, j in preds))
+                out.append(Frame(self._index, self._last_pts, image, self._utterance, j, j in preds, template=k,
+                                 changed=self.step.changed(k) if j in preds else (0, 0, 0, 0)))
                 self._index += 1
         return out
 
