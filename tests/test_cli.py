@@ -99,6 +99,19 @@ def test_a_16k_mono_array_is_muxed_as_is(dataset, tmp_path):
     assert best_correlation(wav, sound[:, 0]) > 0.95
 
 
+def test_preset_and_crf_reach_the_encoder(dataset, tmp_path):
+    gen = Generator(dataset, threads=1)
+    wav = speech_like(1.0, seed=2)
+    sizes = {}
+    for preset, crf in (("ultrafast", 18), ("veryfast", 18), ("veryfast", 30)):
+        out = tmp_path / f"{preset}-{crf}.mp4"
+        written = gen.render(wav, out, preset=preset, crf=crf)["frames"]
+        frames, _, _, _ = decode(out)
+        assert len(frames) == written > 0
+        sizes[(preset, crf)] = out.stat().st_size
+    assert sizes[("ultrafast", 18)] > sizes[("veryfast", 18)] > sizes[("veryfast", 30)]
+
+
 def test_zero_frames_is_refused_and_writes_nothing(dataset, tmp_path):
     wav = tmp_path / "s.wav"
     sf.write(wav, speech_like(1.0), 16000)
@@ -150,6 +163,9 @@ def test_model_flags_are_honoured_or_refused_with_the_demo(tmp_path, demo_cache)
     (["stream", "--chunk-ms", "-20"], "--chunk-ms must be > 0 (got -20)"),
     (["run", "--frames", "-1"], "--frames must be >= 1 (got -1)"),
     (["run", "--jpeg-quality", "0"], "--jpeg-quality must be 1..100 (got 0)"),
+    (["run", "--preset", "snail", "-o", "x.mp4"], "--preset must be one of ultrafast, superfast, veryfast, "
+                                                "faster, fast, medium, slow (got 'snail')"),
+    (["run", "--crf", "60", "-o", "x.mp4"], "--crf must be 0..51 (got 60)"),
     (["run", "--sessions", "-1"], "--sessions must be >= 1 (got -1)"),
     (["bench", "--rounds", "0"], "--rounds must be >= 1 (got 0)"),
     (["run", "--audio", "missing.wav"], "missing.wav: no such audio file"),

@@ -143,7 +143,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     output = args.output or ("fastgen_demo.mp4" if not (args.avatar or args.audio) else "fastgen_out.mp4")
     from .sinks import open_sink
 
-    open_sink(output, jpeg_quality=args.jpeg_quality)        # a bad output fails before any work
+    open_sink(output, jpeg_quality=args.jpeg_quality, preset=args.preset, crf=args.crf)   # fails before any work
     from . import demo
 
     gen = _engine(args, _open_avatar(args))
@@ -159,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         try:
             summary = gen.render(audio, output, count=args.frames, jpeg_quality=args.jpeg_quality,
-                                 jpeg_mode=args.jpeg_mode, progress=progress)
+                                 jpeg_mode=args.jpeg_mode, preset=args.preset, crf=args.crf, progress=progress)
         finally:
             close()
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps) "
@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "fastgen_demo.mp4, or fastgen_out.mp4 with --avatar/--audio")
     p.add_argument("--frames", type=int, help="render only the first N frames (default: all)")
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of frame files, 1-100 (default: 95)")
+    p.add_argument("--preset", default="veryfast", help="libx264 preset of videos (default: veryfast; "
+                   "ultrafast/superfast use less CPU for much bigger files)")
+    p.add_argument("--crf", type=int, default=18, help="libx264 CRF of videos, 0-51 (default: 18)")
     p.add_argument("--jpeg-mode", choices=("auto", "splice", "full"), default="auto",
                    help="auto/splice (default): re-encode only the rows around the face and copy the rest "
                    "from the template's JPEG; full: encode every frame whole")

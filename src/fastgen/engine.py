@@ -278,13 +278,14 @@ class Generator:
     # ------------------------------------------------------------------ output
 
     def render(self, audio: AudioLike, output, *, count: Optional[int] = None, jpeg_quality: int = 95,
-               progress: Optional[Callable[[int, int], None]] = None, jpeg_mode: str = "auto") -> dict:
+               progress: Optional[Callable[[int, int], None]] = None, jpeg_mode: str = "auto",
+               preset: str = "veryfast", crf: int = 18) -> dict:
         """Render to a JPEG directory (``frame_00001.jpg`` ...) or a video (``.mp4``, ``.mov``,
         ``.mkv``: H.264 + the audio file's own sound as AAC, at its rate and channels).
 
         JPEG frames re-encode only the rows around the face box and copy the rest from the
         template's coded data (``jpeg_mode="auto"`` or ``"splice"``; they decode exactly as a full
-        encode would); ``"full"`` encodes every frame whole.
+        encode would); ``"full"`` encodes every frame whole.  Videos: libx264 ``preset`` and ``crf``.
 
         Composes :meth:`frames` with the sink :func:`fastgen.sinks.open_sink` picks for
         ``output``; written under a temporary name and renamed when complete.  Returns a summary
@@ -308,7 +309,8 @@ class Generator:
 
             splicer = SplicingEncoder(self.avatar.jpeg, self.avatar.frame, jpeg_quality)
         sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,
-                         frame_size=self.avatar.frame_size, splicer=splicer, workers=self.config.workers)
+                         frame_size=self.avatar.frame_size, splicer=splicer, workers=self.config.workers,
+                         preset=preset, crf=crf)
         table = self.feature_table(wav, count=count, where=source.path or "audio")
         t0 = time.perf_counter()
         n = sink.write(self.frames(table), total=len(table.frames), progress=progress)
