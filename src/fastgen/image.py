@@ -97,11 +97,16 @@ def from_generator_output(pred: np.ndarray, out: Optional[np.ndarray] = None) ->
     return out
 
 
-def resize_bicubic(src: np.ndarray, width: int, height: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+def resize_bicubic(src: np.ndarray, width: int, height: int, out: Optional[np.ndarray] = None,
+                   exact: bool = False) -> np.ndarray:
     """Bicubic resize of a uint8 BGR image to ``width`` x ``height`` (OpenCV ``INTER_CUBIC``).
 
     Matches ``cv2.resize(src, (width, height), interpolation=cv2.INTER_CUBIC)`` to within one
-    grey level.  ``out`` may be any ``(height, width, 3)`` uint8 view with contiguous pixels.
+    grey level.  ``exact=False`` (default) is the fast float32 SIMD path.  ``exact=True`` is the
+    slower scalar emulation of IPP's double-precision resize (what OpenCV 5.x on x86-64 runs),
+    bit-identical to fastgen's earlier releases: template crops use it, because their tiny
+    differences pass through the model.  ``out`` may be any ``(height, width, 3)`` uint8 view
+    with contiguous pixels.
     """
     src = _check_image("src", src)
     width, height = int(width), int(height)
@@ -112,7 +117,7 @@ def resize_bicubic(src: np.ndarray, width: int, height: int, out: Optional[np.nd
     _check_image("out", out, writable=True, shape=(height, width, 3))
     if (src.shape[0] == 0 or src.shape[1] == 0) and out.size:
         raise InputError(f"src is empty ({_describe(src)}) but the target is {width}x{height}")
-    _image.resize_bicubic(src, out)
+    _image.resize_bicubic(src, out, bool(exact))
     return out
 
 
@@ -121,7 +126,8 @@ def composite_patch(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], 
 
     ``feather=0`` is the reference's hard paste (docs/semantics.md §6); ``feather > 0`` ramps the patch's
     alpha from the box edge inwards over that many pixels so no box edge is visible.  Only
-    pixels inside the box are touched.  Returns ``frame``.
+    pixels inside the box are touched.  The resize is the fast path of :func:`resize_bicubic`
+    (within one grey level of OpenCV), fused with the paste or blend.  Returns ``frame``.
     """
     frame = _check_image("frame", frame, writable=True)
     crop328 = _check_image("crop328", crop328)

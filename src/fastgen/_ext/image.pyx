@@ -5,11 +5,70 @@ strides and bounds and then releases the GIL.  Images are uint8 BGR with contigu
 (pixel stride 3) and any positive row pitch, so views such as ``frame[y0:y1, x0:x1]`` are used in
 place, never copied.
 """
+from collections import OrderedDict
+from threading import Lock
+
 from libc.math cimport floor, nearbyintf
+from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 ctypedef unsigned char u8
+
+cdef extern from "resize_core.h" nogil:
+    # the fast path (float32, SIMD, one build per ISA): a plan of taps and weights per size
+    # quadruple, then the resize with a plain write (feather 0) or the feathered blend
+    ctypedef struct fr_plan:
+        pass
+    int fr_plan_init(fr_plan *p, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw)
+    void fr_plan_free(fr_plan *p)
+    int fr_run(const fr_plan *p, const u8 *src, ptrdiff_t spitch, u8 *dst, ptrdiff_t dpitch,
+               int feather)
+    int fr_detect_wide()
+
+# tap offsets are C ints (3 x side must fit); far above any frame a video codec makes
+cdef Py_ssize_t _MAX_SIDE = 1 << 24
+
+
+def resize_build():
+    """Which build of the fast resize runs here: "x86-64-v3" (AVX2 + FMA) or "baseline"."""
+    return "x86-64-v3" if fr_detect_wide() else "baseline"
+
+
+cdef class _ResizePlan:
+    """Taps and weights of one (src, dst) size pair; immutable once built, shared by threads."""
+    cdef fr_plan plan
+
+    def __cinit__(self, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw):
+        if fr_plan_init(&self.plan, sh, sw, dh, dw):
+            raise MemoryError("resize plan: out of memory")
+
+    def __dealloc__(self):
+        fr_plan_free(&self.plan)
+
+
+# Building a plan is ~4% of a 328 -> 300 resize, so plans are kept, least recently used out
+# first.  An avatar has one box size per template (a few hundred at most); a plan for a 300 px
+# box is ~20 KB.  The lock makes lookup + reordering one step for concurrent callers.
+_PLANS_MAX = 256
+_plans = OrderedDict()
+_plans_lock = Lock()
+
+
+cdef _ResizePlan _plan(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw):
+    key = (sh, sw, dh, dw)
+    with _plans_lock:
+        plan = _plans.get(key)
+        if plan is not None:
+            _plans.move_to_end(key)
+            return plan
+    plan = _ResizePlan(sh, sw, dh, dw)      # outside the lock; a duplicate build is harmless
+    with _plans_lock:
+        _plans[key] = plan
+        while len(_plans) > _PLANS_MAX:
+            _plans.popitem(last=False)
+    return plan
+
 
 cdef float _LUT[256]
 for _i in range(256):
@@ -210,8 +269,18 @@ cdef int _resize(const u8 *src, Py_ssize_t spitch, Py_ssize_t sh, Py_ssize_t sw,
     return 0
 
 
-def resize_bicubic(const u8[:, :, :] src, u8[:, :, :] dst):
-    """Resize src (h, w, 3) into dst (H, W, 3), OpenCV INTER_CUBIC semantics."""
+cdef inline int _check_side(Py_ssize_t n, str what) except -1:
+    if n > _MAX_SIDE:
+        raise ValueError(f"{what} {n} is larger than {_MAX_SIDE} pixels")
+    return 0
+
+
+def resize_bicubic(const u8[:, :, :] src, u8[:, :, :] dst, bint exact=False):
+    """Resize src (h, w, 3) into dst (H, W, 3), OpenCV INTER_CUBIC semantics.
+
+    exact=False: the fast float32 path (fr_run, resize_core.h), within one grey level of cv2.resize.
+    exact=True: the scalar emulation of IPP's double-precision resize (_resize above).
+    """
     cdef Py_ssize_t sp = _pitch(src, "src"), dp = _pitch(dst, "dst")
     cdef Py_ssize_t sh = src.shape[0], sw = src.shape[1], dh = dst.shape[0], dw = dst.shape[1]
     cdef int rc = 0
@@ -219,53 +288,32 @@ def resize_bicubic(const u8[:, :, :] src, u8[:, :, :] dst):
         return
     if sh == 0 or sw == 0:
         raise ValueError(f"src is empty (shape ({sh}, {sw}, 3)) but dst is ({dh}, {dw}, 3)")
-    with nogil:
-        rc = _resize(&src[0, 0, 0], sp, sh, sw, &dst[0, 0, 0], dp, dh, dw)
+    cdef _ResizePlan plan
+    for n, what in ((sh, "src height"), (sw, "src width"), (dh, "dst height"), (dw, "dst width")):
+        _check_side(n, what)
+    if exact:
+        with nogil:
+            rc = _resize(&src[0, 0, 0], sp, sh, sw, &dst[0, 0, 0], dp, dh, dw)
+    else:
+        plan = _plan(sh, sw, dh, dw)          # a local reference keeps it alive while in use
+        with nogil:
+            rc = fr_run(&plan.plan, &src[0, 0, 0], sp, &dst[0, 0, 0], dp, 0)
     if rc:
         raise MemoryError("resize_bicubic: out of memory")
 
 
 # ---------------------------------------------------------------- compositing
 
-cdef void _ramp(int *a, Py_ssize_t n, int feather) noexcept nogil:
-    # weight 1..feather+1 / (feather+1) from each edge inwards, in 1/256 steps
-    cdef Py_ssize_t i, d
-    for i in range(n):
-        d = min(i, n - 1 - i) + 1
-        a[i] = 256 if d > feather else <int>((d * 256) // (feather + 1))
-
-
-cdef int _blend(u8 *dst, Py_ssize_t dpitch, const u8 *patch, Py_ssize_t h, Py_ssize_t w,
-                int feather) noexcept nogil:
-    cdef int *ax = <int *>malloc(w * sizeof(int))
-    cdef int *ay = <int *>malloc(h * sizeof(int))
-    cdef Py_ssize_t x, y, c
-    cdef int a
-    cdef u8 *drow
-    cdef const u8 *prow
-    if not (ax and ay):
-        free(ax); free(ay)
-        return -1
-    _ramp(ax, w, feather)
-    _ramp(ay, h, feather)
-    for y in range(h):
-        drow = dst + y * dpitch
-        prow = patch + y * w * 3
-        for x in range(w):
-            a = (ax[x] * ay[y] + 128) >> 8        # 0..256
-            for c in range(3):
-                drow[3 * x + c] = <u8>((prow[3 * x + c] * a + drow[3 * x + c] * (256 - a) + 128) >> 8)
-    free(ax); free(ay)
-    return 0
-
-
 def composite_patch(u8[:, :, :] frame, const u8[:, :, :] patch, Py_ssize_t x0,
                     Py_ssize_t y0, Py_ssize_t x1, Py_ssize_t y1, int feather):
-    """Resize patch to the box (x0, y0)-(x1, y1) and write it into frame in place."""
+    """Resize patch to the box (x0, y0)-(x1, y1) and write it into frame in place.
+
+    One fused pass (fr_run): each output row goes straight into the frame (feather 0), or is
+    blended into it (docs/semantics.md §6.4), interior rows only at their 2 x feather edge pixels.
+    """
     cdef Py_ssize_t fp = _pitch(frame, "frame"), pp = _pitch(patch, "patch")
     cdef Py_ssize_t bw = x1 - x0, bh = y1 - y0
     cdef int rc = 0
-    cdef u8 *tmp
     if not (0 <= x0 < x1 <= frame.shape[1] and 0 <= y0 < y1 <= frame.shape[0]):
         raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) is empty or outside the "
                          f"{frame.shape[1]}x{frame.shape[0]} frame")
@@ -273,18 +321,12 @@ def composite_patch(u8[:, :, :] frame, const u8[:, :, :] patch, Py_ssize_t x0,
         raise ValueError(f"patch is empty: shape ({patch.shape[0]}, {patch.shape[1]}, 3)")
     if feather < 0:
         raise ValueError(f"feather must be >= 0, got {feather}")
+    for n, what in ((patch.shape[0], "patch height"), (patch.shape[1], "patch width"),
+                    (bh, "box height"), (bw, "box width")):
+        _check_side(n, what)
     cdef u8 *box = &frame[y0, x0, 0]
-    if feather == 0:
-        with nogil:
-            rc = _resize(&patch[0, 0, 0], pp, patch.shape[0], patch.shape[1], box, fp, bh, bw)
-    else:
-        tmp = <u8 *>malloc(bh * bw * 3)
-        if tmp == NULL:
-            raise MemoryError("composite_patch: out of memory")
-        with nogil:
-            rc = _resize(&patch[0, 0, 0], pp, patch.shape[0], patch.shape[1], tmp, bw * 3, bh, bw)
-            if rc == 0:
-                rc = _blend(box, fp, tmp, bh, bw, feather)
-        free(tmp)
+    cdef _ResizePlan plan = _plan(patch.shape[0], patch.shape[1], bh, bw)
+    with nogil:
+        rc = fr_run(&plan.plan, &patch[0, 0, 0], pp, box, fp, feather)
     if rc:
         raise MemoryError("composite_patch: out of memory")

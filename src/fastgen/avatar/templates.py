@@ -40,9 +40,13 @@ def template_order(templates: int, n: int) -> list[int]:
 
 
 def compute_crop(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """The 328x328 bicubic (OpenCV INTER_CUBIC) resize of ``frame[y0:y1, x0:x1]``."""
+    """The 328x328 bicubic (OpenCV INTER_CUBIC) resize of ``frame[y0:y1, x0:x1]``.
+
+    The exact resize (IPP emulation), not the fast path: the crop feeds the model, which turns a
+    one-level difference into several (see fastgen.image.resize_bicubic).
+    """
     x0, y0, x1, y1 = box
-    return resize_bicubic(frame[y0:y1, x0:x1], CROP_SIZE, CROP_SIZE)
+    return resize_bicubic(frame[y0:y1, x0:x1], CROP_SIZE, CROP_SIZE, exact=True)
 
 
 def decode_frame(data: bytes, where: str) -> np.ndarray:

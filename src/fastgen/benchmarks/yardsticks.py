@@ -124,7 +124,7 @@ def sequential_kernels_fps(gen, wav: np.ndarray, frames: int, session, emit: Emi
         frame = simplejpeg.decode_jpeg(av.jpeg(k), colorspace="BGR")
         box = av.box(k)
         x0, y0, x1, y1 = box
-        crop = resize_bicubic(frame[y0:y1, x0:x1], CROP_SIZE, CROP_SIZE)
+        crop = resize_bicubic(frame[y0:y1, x0:x1], CROP_SIZE, CROP_SIZE, exact=True)  # as templates.py
         fill_input(crop, inp[0])
         table.window(j, aud[0])
         pred = session.run({"input": inp, "audio": aud})
