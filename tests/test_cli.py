@@ -112,6 +112,26 @@ def test_preset_and_crf_reach_the_encoder(dataset, tmp_path):
     assert sizes[("ultrafast", 18)] > sizes[("veryfast", 18)] > sizes[("veryfast", 30)]
 
 
+def test_hardware_encoders_are_offered_where_they_open(dataset, tmp_path):
+    from fastgen.sinks import HARDWARE_H264, codec_options, hardware_encoders
+
+    gen = Generator(dataset, threads=1)
+    wav = speech_like(0.5, seed=2)
+    found = hardware_encoders()               # none on the CI's GPU-less machines: the error path
+    for codec in HARDWARE_H264:
+        out = tmp_path / f"{codec}.mp4"
+        if codec in found:
+            written = gen.render(wav, out, video_codec=codec)["frames"]
+            assert len(decode(out)[0]) == written > 0
+        else:
+            with pytest.raises(InputError, match=f"--video-codec {codec}: this machine cannot open it"):
+                gen.render(wav, out, video_codec=codec)
+            assert not out.exists()
+    assert codec_options("libx264", "veryfast", 18) == {"crf": "18", "preset": "veryfast"}
+    assert codec_options("h264_nvenc", "ultrafast", 23)["preset"] == "p1"
+    assert codec_options("h264_nvenc", "slow", 23)["cq"] == "23"
+
+
 def test_zero_frames_is_refused_and_writes_nothing(dataset, tmp_path):
     wav = tmp_path / "s.wav"
     sf.write(wav, speech_like(1.0), 16000)
@@ -166,6 +186,8 @@ def test_model_flags_are_honoured_or_refused_with_the_demo(tmp_path, demo_cache)
     (["run", "--preset", "snail", "-o", "x.mp4"], "--preset must be one of ultrafast, superfast, veryfast, "
                                                 "faster, fast, medium, slow (got 'snail')"),
     (["run", "--crf", "60", "-o", "x.mp4"], "--crf must be 0..51 (got 60)"),
+    (["run", "--video-codec", "mpeg2", "-o", "x.mp4"], "--video-codec must be one of libx264, h264_nvenc, "
+                                                       "h264_qsv, h264_amf (got 'mpeg2')"),
     (["run", "--sessions", "-1"], "--sessions must be >= 1 (got -1)"),
     (["bench", "--rounds", "0"], "--rounds must be >= 1 (got 0)"),
     (["run", "--audio", "missing.wav"], "missing.wav: no such audio file"),

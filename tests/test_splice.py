@@ -9,8 +9,8 @@ import pytest
 import simplejpeg
 
 from fastgen import InputError
-from fastgen.splice import (MCU_ROWS, SplicingEncoder, assemble, encode, encode_with_restarts, restart_interval,
-                            row_segments, split)
+from fastgen.splice import (MCU_ROWS, SplicingEncoder, assemble, band_rows, decode_rows, encode,
+                            encode_with_restarts, restart_interval, row_segments, split)
 
 
 def photo(rng, h: int, w: int) -> np.ndarray:
@@ -175,3 +175,54 @@ def test_jpeg_workers_keep_frames_in_order(demo_cache, tmp_path):
     par = [p.read_bytes() for p in sorted((tmp_path / "par").iterdir())]
     seq = [p.read_bytes() for p in sorted((tmp_path / "seq").iterdir())]
     assert len(par) == 9 and par == seq
+
+
+# ------------------------------------------------------------------ band decode and lazy frames
+
+@pytest.mark.parametrize("h, w", [(160, 200), (33, 77), (720, 1280), (17, 16)])
+def test_decoded_rows_equal_the_whole_decode(rng, h, w):
+    data = encode_with_restarts(photo(rng, h, w), 95)
+    whole = decode(data)
+    spans = {(0, 1), (0, h), (h - 1, h), (0, min(h, 16)), (max(0, h - 17), h), (h // 3, h // 2 + 1),
+             (min(5, h - 1), h)}
+    for y0, y1 in spans:
+        if y0 < y1:
+            assert np.array_equal(decode_rows(data, y0, y1), whole[y0:y1]), (y0, y1)
+    assert decode_rows(encode(photo(rng, h, w), 95), 0, 1) is None      # no restarts: cannot cut
+    assert decode_rows(data, 0, h + 1) is None and decode_rows(data, 3, 3) is None
+
+
+@pytest.mark.parametrize("y0, y1, h, band", [(0, 5, 100, (0, 16)), (17, 31, 100, (16, 32)),
+                                             (90, 100, 100, (80, 100)), (0, 100, 100, (0, 100)),
+                                             (5, 5, 100, (0, 0))])
+def test_band_rows_cover_the_box_in_whole_mcu_rows(y0, y1, h, band):
+    assert band_rows(y0, y1, h) == band
+
+
+def test_lazy_frames_equal_finished_frames_and_splice_identically(demo_cache):
+    from fastgen import Generator, demo
+
+    gen = Generator(demo.avatar(cache_dir=demo_cache), threads=2)
+    av = gen.avatar
+    rng = np.random.default_rng(3)
+    sp = SplicingEncoder(av.jpeg, av.frame, 95, template_rows=av.rows)
+    for k in (0, 7, len(av) - 1):
+        pred = rng.random((3, 320, 320), dtype=np.float32)
+        lazy = gen.step.frame(k, 0.0, k, pred)
+        x0, y0, x1, y1 = lazy.changed
+        assert lazy.patch.shape == (y1 - y0, x1 - x0, 3)
+        assert np.array_equal(av.rows(k, 16, 48), av.frame(k)[16:48])
+        spliced = sp.encode_frame(lazy)                    # from the patch and the template's rows
+        full = gen.step.finish(k, pred)
+        assert np.array_equal(lazy.image, full)             # composed on first use
+        assert spliced == sp.encode(full, k, lazy.changed)  # the same bytes as from the full image
+    assert sp.counts["spliced"] == 6 and sp.counts["full"] == 0
+
+
+def test_a_frame_needs_an_image_or_a_patch():
+    from fastgen.frame import Frame
+
+    with pytest.raises(ValueError, match="needs its image"):
+        Frame(0, 0.0)
+    f = Frame(1, 0.04, np.zeros((2, 2, 3), np.uint8))
+    assert f.image.shape == (2, 2, 3) and "index=1" in repr(f)

@@ -143,7 +143,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     output = args.output or ("fastgen_demo.mp4" if not (args.avatar or args.audio) else "fastgen_out.mp4")
     from .sinks import open_sink
 
-    open_sink(output, jpeg_quality=args.jpeg_quality, preset=args.preset, crf=args.crf)   # fails before any work
+    open_sink(output, jpeg_quality=args.jpeg_quality, preset=args.preset, crf=args.crf,   # fails before any work
+              video_codec=args.video_codec)
     from . import demo
 
     gen = _engine(args, _open_avatar(args))
@@ -159,7 +160,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         try:
             summary = gen.render(audio, output, count=args.frames, jpeg_quality=args.jpeg_quality,
-                                 jpeg_mode=args.jpeg_mode, preset=args.preset, crf=args.crf, progress=progress)
+                                 jpeg_mode=args.jpeg_mode, preset=args.preset, crf=args.crf,
+                                 video_codec=args.video_codec, progress=progress)
         finally:
             close()
     print(f"{summary['frames']} frames in {summary['seconds']:.1f} s ({summary['fps']:.1f} fps) "
@@ -308,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="veryfast", help="libx264 preset of videos (default: veryfast; "
                    "ultrafast/superfast use less CPU for much bigger files)")
     p.add_argument("--crf", type=int, default=18, help="libx264 CRF of videos, 0-51 (default: 18)")
+    p.add_argument("--video-codec", default="libx264", help="libx264 (default) or a hardware H.264 encoder "
+                   "this machine has: h264_nvenc, h264_qsv, h264_amf (their presets/quality follow --preset/--crf)")
     p.add_argument("--jpeg-mode", choices=("auto", "splice", "full"), default="auto",
                    help="auto/splice (default): re-encode only the rows around the face and copy the rest "
                    "from the template's JPEG; full: encode every frame whole")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -248,11 +249,14 @@ class Generator:
         return len(audio_io.mel_windows(audio_io.log_mel(wav))) + 2
 
     def frames(self, audio: Union[AudioLike, FeatureTable], *, start: int = 0,
-               count: Optional[int] = None) -> Iterator[Frame]:
+               count: Optional[int] = None, executor: Optional[Executor] = None) -> Iterator[Frame]:
         """:class:`Frame` objects, in order, for output frames ``start .. start + count - 1``.
 
         ``audio`` may also be a :class:`FeatureTable` from :meth:`feature_table` (then its frame
         range is used), so the mel and the encoder run once when the caller needs both.
+        Per-frame work runs on ``executor`` when given (a sink can then encode on the same
+        threads), else on ``workers`` threads of the scheduler's own.  Frames are lazy: their
+        ``image`` is composed from the template and the face patch on first use.
         """
         if isinstance(audio, FeatureTable):
             table = audio
@@ -262,7 +266,7 @@ class Generator:
         order = self.avatar.order(jobs.stop) if len(jobs) else []
         cfg = self.config
         return iter(FrameScheduler(self.sessions, self.step, table, order, jobs, batch=cfg.batch,
-                                   workers=cfg.workers, audio_shape=self.audio_shape))
+                                   workers=cfg.workers, audio_shape=self.audio_shape, executor=executor))
 
     def stream(self, sample_rate: int = SAMPLE_RATE, *, silence_db: Optional[float] = None,
                crossfade: int = 3):
@@ -279,7 +283,7 @@ class Generator:
 
     def render(self, audio: AudioLike, output, *, count: Optional[int] = None, jpeg_quality: int = 95,
                progress: Optional[Callable[[int, int], None]] = None, jpeg_mode: str = "auto",
-               preset: str = "veryfast", crf: int = 18) -> dict:
+               preset: str = "veryfast", crf: int = 18, video_codec: str = "libx264") -> dict:
         """Render to a JPEG directory (``frame_00001.jpg`` ...) or a video (``.mp4``, ``.mov``,
         ``.mkv``: H.264 + the audio file's own sound as AAC, at its rate and channels).
 
@@ -307,13 +311,16 @@ class Generator:
         if jpeg_mode != "full" and output_kind(output) == "jpeg":
             from .splice import SplicingEncoder
 
-            splicer = SplicingEncoder(self.avatar.jpeg, self.avatar.frame, jpeg_quality)
-        sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,
-                         frame_size=self.avatar.frame_size, splicer=splicer, workers=self.config.workers,
-                         preset=preset, crf=crf)
-        table = self.feature_table(wav, count=count, where=source.path or "audio")
-        t0 = time.perf_counter()
-        n = sink.write(self.frames(table), total=len(table.frames), progress=progress)
-        seconds = time.perf_counter() - t0
+            splicer = SplicingEncoder(self.avatar.jpeg, self.avatar.frame, jpeg_quality,
+                                      template_rows=self.avatar.rows)
+        workers = self.config.workers
+        with ThreadPoolExecutor(workers, thread_name_prefix="fastgen-work") as pool:
+            sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,
+                             frame_size=self.avatar.frame_size, splicer=splicer, workers=workers,
+                             preset=preset, crf=crf, executor=pool, video_codec=video_codec)
+            table = self.feature_table(wav, count=count, where=source.path or "audio")
+            t0 = time.perf_counter()
+            n = sink.write(self.frames(table, executor=pool), total=len(table.frames), progress=progress)
+            seconds = time.perf_counter() - t0
         return {"frames": n, "seconds": round(seconds, 3),
                 "fps": round(n / seconds, 2) if seconds else 0.0, "output": str(output)}

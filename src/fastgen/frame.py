@@ -12,8 +12,7 @@ benchmark's baselines all go through these functions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -24,7 +23,6 @@ _ROI = slice(image.ROI_OFFSET, image.ROI_OFFSET + image.ROI_SIZE)
 BLENDS = {"hard": 0, "feather": 6}   # edge ramp in pixels of the box as pasted (docs/semantics.md §6.4)
 
 
-@dataclass
 class Frame:
     """One finished output frame.
 
@@ -38,16 +36,41 @@ class Frame:
     template frame).  The JPEG sink uses them to re-encode only the rows that changed
     (:mod:`fastgen.splice`).  A step that changes other pixels must make a new Frame without them
     (the defaults: unknown, full encode).
+
+    The engine's frames are made lazily: they hold ``patch``, the pixels inside ``changed``, and
+    ``base``, a callable that returns the template's frame; ``image`` composes the two on first
+    use (and keeps the result).  A sink that needs only the changed rows never decodes the rest.
     """
 
-    index: int
-    pts: float
-    image: np.ndarray
-    utterance: int = 0
-    position: int = 0
-    generated: bool = True
-    template: int = -1
-    changed: Optional[tuple] = None
+    __slots__ = ("index", "pts", "_image", "utterance", "position", "generated", "template", "changed",
+                 "patch", "base")
+
+    def __init__(self, index: int, pts: float, image: Optional[np.ndarray] = None, utterance: int = 0,
+                 position: int = 0, generated: bool = True, template: int = -1,
+                 changed: Optional[tuple] = None, *, patch: Optional[np.ndarray] = None,
+                 base: Optional[Callable[[], np.ndarray]] = None):
+        if image is None and (patch is None or base is None or changed is None):
+            raise ValueError("a Frame needs its image, or a patch, the box it changes and its base")
+        self.index, self.pts, self._image = index, pts, image
+        self.utterance, self.position, self.generated = utterance, position, generated
+        self.template, self.changed, self.patch, self.base = template, changed, patch, base
+
+    @property
+    def image(self) -> np.ndarray:
+        if self._image is None:
+            x0, y0, x1, y1 = self.changed
+            image = self.base().copy()
+            image[y0:y1, x0:x1] = self.patch
+            self._image = image
+        return self._image
+
+    @image.setter
+    def image(self, value: np.ndarray) -> None:
+        self._image = value
+
+    def __repr__(self) -> str:
+        return (f"Frame(index={self.index}, pts={self.pts:.3f}, template={self.template}, "
+                f"changed={self.changed}, generated={self.generated})")
 
 
 def feather_width(blend: str) -> int:
@@ -96,6 +119,27 @@ class FrameStep:
         if alpha < 1.0:
             frame = (frame * alpha + self.avatar.frame(k) * (1.0 - alpha) + 0.5).astype(np.uint8)
         return frame
+
+    def patch(self, k: int, pred: np.ndarray) -> np.ndarray:
+        """The pixels of :meth:`finish`'s frame inside :meth:`changed`'s box, without the frame.
+
+        The template's pixels under the box come from :meth:`Avatar.rows` of the whole MCU rows
+        around it (the rows a spliced JPEG re-encodes, so the JPEG sink reads the same cached
+        rows), never from a decode of the whole frame.
+        """
+        from .splice import band_rows
+
+        x0, y0, x1, y1 = (int(v) for v in self.avatar.box(k))
+        b0, b1 = band_rows(y0, y1, self.avatar.frame_size[1])
+        pixels = self.avatar.rows(k, b0, b1)[y0 - b0:y1 - b0, x0:x1].copy()
+        crop = self.avatar.crop(k).copy()
+        paste_output(pred, crop, pixels, (0, 0, x1 - x0, y1 - y0), self.feather)
+        return pixels
+
+    def frame(self, j: int, pts: float, k: int, pred: np.ndarray) -> Frame:
+        """Output frame ``j`` (at ``pts``) of template ``k`` with ``pred`` pasted, made lazily."""
+        return Frame(j, pts, template=k, changed=self.changed(k), patch=self.patch(k, pred),
+                     base=lambda: self.avatar.frame(k), position=j)
 
     def template(self, k: int) -> np.ndarray:
         """A writable copy of template ``k``'s frame (idle or silent frames)."""

@@ -2,10 +2,17 @@
 
 Data flow (one direction)::
 
-    [infer thread per session]  claim a batch of frame numbers (in order), fill the inputs,
-                                session.run (no GIL)
-    [post pool]                 FrameStep.finish: output -> pasted full frame
-    [caller]                    Frame objects in order, from futures keyed by frame number
+    [infer thread per session]  claim batch k+1 (frame numbers, in order) and hand its input
+                                filling to the pool, then session.run batch k (no GIL)
+    [worker pool]               fill inputs of the next batch; FrameStep.patch: output -> the
+                                pasted pixels of the face box (and, when the sink shares the
+                                pool, its encodes)
+    [caller]                    lazy Frame objects in order, from futures keyed by frame number
+
+One pool of ``workers`` threads does all per-frame work, so ``workers`` is the number of cores the
+frame path uses; a sink given the same ``executor`` encodes on it too.  While a session runs
+batch k, the pool fills batch k+1 into the session's second buffer, so a fast backend never
+waits for its inputs.
 
 At most ``depth`` frames are in flight.  Permits are taken in frame order, so the oldest frame
 always holds one and the ring cannot deadlock; memory stays flat however long the audio is.  Any
@@ -15,7 +22,7 @@ stops the threads promptly.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -36,7 +43,8 @@ class FrameScheduler:
     """
 
     def __init__(self, sessions: Sequence[Session], step: FrameStep, features, order: Sequence[int],
-                 jobs: range, *, batch: int, workers: int, audio_shape: tuple):
+                 jobs: range, *, batch: int, workers: int, audio_shape: tuple,
+                 executor: Optional[Executor] = None):
         self.sessions, self.step, self.features = list(sessions), step, features
         self.order, self.jobs = order, jobs
         self.batch, self.workers, self.audio_shape = int(batch), int(workers), tuple(audio_shape)
@@ -50,6 +58,7 @@ class FrameScheduler:
         self.finished_threads = 0
         self.stop = threading.Event()
         self.started = False
+        self.executor = executor              # shared with the sink; else the scheduler's own
 
     # ---------------------------------------------------------------- infer threads
 
@@ -69,23 +78,37 @@ class FrameScheduler:
                 self.next_job += 1
             return claimed
 
-    def _infer(self, session: Session, pool: ThreadPoolExecutor) -> None:
+    def _fill(self, claimed: list[int], inputs: np.ndarray, audio: np.ndarray) -> list[int]:
+        for i, j in enumerate(claimed):
+            self.step.fill(self.order[j], inputs[i])
+            self.features.window(j, audio[i])
+        return claimed
+
+    def _finish(self, j: int, pred: np.ndarray) -> Frame:
+        return self.step.frame(j, frame_time(j), self.order[j], pred)
+
+    def _infer(self, session: Session, pool: Executor) -> None:
         try:
-            inputs = np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32)
-            audio = np.empty((self.batch, *self.audio_shape), np.float32)
-            while not self.stop.is_set():
-                claimed = self._claim()
-                if not claimed:
-                    break
-                for i, j in enumerate(claimed):
-                    self.step.fill(self.order[j], inputs[i])
-                    self.features.window(j, audio[i])
+            # two input buffers: the pool fills one while the session reads the other
+            buffers = [(np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32),
+                        np.empty((self.batch, *self.audio_shape), np.float32)) for _ in range(2)]
+            claimed = self._claim()
+            ahead = pool.submit(self._fill, claimed, *buffers[0]) if claimed else None
+            slot = 0
+            while ahead is not None and not self.stop.is_set():
+                claimed = ahead.result()
+                inputs, audio = buffers[slot]
+                following = self._claim()
+                ahead = pool.submit(self._fill, following, *buffers[1 - slot]) if following else None
                 n = len(claimed)
                 pred = session.run({"input": inputs[:n], "audio": audio[:n]})
                 with self.ready:
                     for i, j in enumerate(claimed):
-                        self.futures[j] = pool.submit(self.step.finish, self.order[j], pred[i])
+                        self.futures[j] = pool.submit(self._finish, j, pred[i])
                     self.ready.notify_all()
+                slot = 1 - slot
+            if ahead is not None:
+                ahead.result()        # raises a fill error; otherwise the claimed frames are dropped
         except BaseException as exc:  # surfaces in the caller, which re-raises it
             with self.ready:
                 self.error = self.error or exc
@@ -114,21 +137,22 @@ class FrameScheduler:
         return self._frames()
 
     def _frames(self) -> Iterator[Frame]:
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastgen-post")
+        own = self.executor is None
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastgen-post") if own else self.executor
         threads = [threading.Thread(target=self._infer, args=(s, pool), name=f"fastgen-infer-{i}",
                                     daemon=True) for i, s in enumerate(self.sessions)]
         for t in threads:
             t.start()
         try:
             for j in self.jobs:
-                image = self._next_future(j, len(threads)).result()
+                frame = self._next_future(j, len(threads)).result()
                 self.permits.release()
-                k = self.order[j]
-                yield Frame(j, frame_time(j), image, position=j, template=k, changed=self.step.changed(k))
+                yield frame
         finally:
             self.stop.set()
             for t in threads:
                 t.join()
             for fut in self.futures.values():
                 fut.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            if own:
+                pool.shutdown(wait=True, cancel_futures=True)

@@ -37,6 +37,23 @@ AAC_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7
 Progress = Optional[Callable[[int, int], None]]
 
 
+def ahead(executor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """``map(fn, items)`` in order, computed on ``executor`` up to ``window`` items ahead."""
+    from collections import deque
+
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(executor.submit(fn, item))
+            if len(pending) > window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
 def output_kind(output) -> str:
     """"video" for ``.mp4 .m4v .mov .mkv``; "jpeg" for a directory: a path ending in ``/``, an
     existing directory, or a name with no extension.  Anything else is an :class:`InputError`."""
@@ -70,10 +87,13 @@ class JpegDirectory:
     An existing directory is replaced only if it holds nothing but earlier frames.
     """
 
-    def __init__(self, path, quality: int = 95, splicer=None, workers: int = 1):
+    def __init__(self, path, quality: int = 95, splicer=None, workers: int = 1, executor=None):
         self.path = Path(path)
         self.quality = check_quality(quality)
         self.workers = max(1, int(workers))    # encoder threads (simplejpeg releases the GIL)
+        # a concurrent.futures.Executor to encode on instead of the sink's own threads: the
+        # engine passes the pool that makes the frames, so ``workers`` threads do all the work
+        self.executor = executor
         # a fastgen.splice.SplicingEncoder: frames that say their template are re-encoded only in
         # the rows that changed (the rest is the template's own coded data); None: full encodes
         self.splicer = splicer
@@ -98,25 +118,21 @@ class JpegDirectory:
     def encode(self, frame: "Frame") -> bytes:
         """``frame`` as the JPEG this sink writes (spliced where it can be)."""
         if self.splicer is not None:
-            return self.splicer.encode(frame.image, frame.template, frame.changed)
+            return self.splicer.encode_frame(frame)
         return self.encode_image(frame.image, self.quality)
 
     def encoded(self, frames: Iterable["Frame"]) -> Iterator[bytes]:
         """Each frame's JPEG, in order, encoded on ``workers`` threads (at most 2 per worker ahead)."""
+        if self.executor is not None:
+            yield from ahead(self.executor, self.encode, frames, 2 * self.workers)
+            return
         if self.workers == 1:
             yield from map(self.encode, frames)
             return
-        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="fastgen-jpeg") as pool:
-            pending: deque = deque()
-            for frame in frames:
-                pending.append(pool.submit(self.encode, frame))
-                if len(pending) > 2 * self.workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+            yield from ahead(pool, self.encode, frames, 2 * self.workers)
 
     def write(self, frames: Iterable["Frame"], *, total: Optional[int] = None, progress: Progress = None) -> int:
         """Consume ``frames``; returns how many were written."""
@@ -137,16 +153,69 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 DEFAULT_PRESET, DEFAULT_CRF = "veryfast", 18
 
 
-def check_video_options(preset: str, crf: int) -> None:
+# H.264 encoders PyAV's FFmpeg may have; the hardware ones open only with their GPU and driver
+# (NVIDIA NVENC, Intel Quick Sync, AMD AMF).  VAAPI is left out: it needs a hardware frames
+# context that PyAV's plain encode API does not set up.  H100/H200-class GPUs have no NVENC.
+HARDWARE_H264 = ("h264_nvenc", "h264_qsv", "h264_amf")
+VIDEO_CODECS = ("libx264", *HARDWARE_H264)
+_hardware_found: Optional[list] = None
+
+
+def check_video_options(preset: str, crf: int, codec: str = "libx264") -> None:
     if preset not in PRESETS:
         raise InputError(f"--preset must be one of {', '.join(PRESETS)} (got {preset!r})")
     if not 0 <= int(crf) <= 51:
         raise InputError(f"--crf must be 0..51 (got {crf})")
+    if codec not in VIDEO_CODECS:
+        raise InputError(f"--video-codec must be one of {', '.join(VIDEO_CODECS)} (got {codec!r})")
+    if codec != "libx264" and codec not in hardware_encoders():
+        raise InputError(f"--video-codec {codec}: this machine cannot open it (no such GPU or driver); "
+                         f"available: {', '.join(['libx264', *hardware_encoders()])}")
+
+
+def codec_options(codec: str, preset: str, crf: int) -> dict:
+    """Encoder options for one quality setting: libx264's preset and CRF, mapped onto the
+    hardware encoders' own speed presets and constant-quality modes."""
+    speed = PRESETS.index(preset)                       # 0 = fastest
+    if codec == "h264_nvenc":
+        return {"preset": f"p{speed + 1}", "rc": "vbr", "cq": str(crf), "b": "0"}
+    if codec == "h264_qsv":
+        return {"preset": preset if preset in PRESETS[2:] else "veryfast", "global_quality": str(crf)}
+    if codec == "h264_amf":
+        return {"quality": "speed" if speed < 3 else "balanced", "rc": "cqp", "qp_i": str(crf),
+                "qp_p": str(crf)}
+    return {"crf": str(crf), "preset": preset}
+
+
+def hardware_encoders() -> list:
+    """The hardware H.264 encoders that open and encode a test frame here (checked once)."""
+    global _hardware_found
+    if _hardware_found is None:
+        import av
+        import numpy as np
+
+        found = []
+        for name in HARDWARE_H264:
+            try:
+                ctx = av.CodecContext.create(name, "w")
+                ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+                ctx.time_base = f"1/{FPS}"
+                ctx.open()
+                frame = av.VideoFrame.from_ndarray(np.zeros((256, 256, 3), np.uint8), format="bgr24")
+                ctx.encode(frame.reformat(format="yuv420p"))
+                ctx.encode(None)
+                found.append(name)
+            except Exception:      # any FFmpeg failure means: not usable on this machine
+                continue
+        _hardware_found = found
+    return list(_hardware_found)
 
 
 class VideoFile:
     """Writes frames as H.264 (libx264, CRF 18, preset veryfast, yuv420p) at 25 fps with ``audio``
-    muxed in as AAC.  ``preset`` and ``crf`` trade CPU for size (:data:`PRESETS`).
+    muxed in as AAC.  ``preset`` and ``crf`` trade CPU for size (:data:`PRESETS`).  ``codec`` may
+    name a hardware encoder :func:`hardware_encoders` found (its own presets and constant-quality
+    mode are set from ``preset`` and ``crf`` by :func:`codec_options`).
 
     ``audio`` (:class:`fastgen.audio.SourceAudio`) keeps its sample rate and channels (resampled
     only where AAC has no such rate); the part the written frames cover is muxed, from the same
@@ -154,9 +223,13 @@ class VideoFile:
     """
 
     def __init__(self, path, audio: Optional["SourceAudio"], frame_size: tuple[int, int], *,
-                 preset: str = DEFAULT_PRESET, crf: int = DEFAULT_CRF):
+                 preset: str = DEFAULT_PRESET, crf: int = DEFAULT_CRF, executor=None, workers: int = 1,
+                 codec: str = "libx264"):
         self.path = Path(path)
-        check_video_options(preset, crf)
+        self.codec = codec
+        # frames' images (lazy: template decode + patch) are made on ``executor`` when given
+        self.executor, self.workers = executor, max(1, int(workers))
+        check_video_options(preset, crf, codec)
         self.preset, self.crf = preset, int(crf)
         if self.path.suffix.lower() not in CONTAINERS:
             raise InputError(f"{self.path}: a video needs one of {', '.join(CONTAINERS)}")
@@ -179,13 +252,14 @@ class VideoFile:
             except (OSError, av.error.FFmpegError) as exc:
                 raise InputError(f"{self.path}: cannot write the video ({exc})") from None
             try:
-                video = container.add_stream("libx264", rate=FPS)
+                video = container.add_stream(self.codec, rate=FPS)
                 video.width, video.height = w + (w & 1), h + (h & 1)   # yuv420p needs even sizes
                 video.pix_fmt = "yuv420p"
-                video.options = {"crf": str(self.crf), "preset": self.preset}
+                video.options = codec_options(self.codec, self.preset, self.crf)
                 sound = _add_audio_stream(container, self.audio) if self.audio is not None else None
-                for n, frame in enumerate(frames, 1):
-                    image = frame.image
+                images = (ahead(self.executor, _image_of, frames, 2 * self.workers) if self.executor
+                          else map(_image_of, frames))
+                for n, image in enumerate(images, 1):
                     if image.shape[1] != video.width or image.shape[0] != video.height:
                         image = np.pad(image, ((0, video.height - h), (0, video.width - w), (0, 0)),
                                        mode="edge")
@@ -205,6 +279,10 @@ class VideoFile:
 
 
 Mp4File = VideoFile
+
+
+def _image_of(frame: "Frame") -> "np.ndarray":
+    return frame.image
 
 
 def aac_rate(rate: int) -> int:
@@ -250,12 +328,14 @@ def _mux_audio(container, stream, audio: "SourceAudio", seconds: float) -> None:
 
 def open_sink(output, *, jpeg_quality: int = 95, audio: Optional["SourceAudio"] = None,
               frame_size: tuple[int, int] = (0, 0), splicer=None, workers: int = 1,
-              preset: str = DEFAULT_PRESET, crf: int = DEFAULT_CRF):
+              preset: str = DEFAULT_PRESET, crf: int = DEFAULT_CRF, executor=None,
+              video_codec: str = "libx264"):
     """The sink for ``output`` (:func:`output_kind`): a :class:`VideoFile` or a
     :class:`JpegDirectory` (with ``splicer``, a :class:`fastgen.splice.SplicingEncoder`, if given).
     Checks the path (and the quality) before anything is rendered."""
     check_quality(jpeg_quality)
     if output_kind(output) == "video":
-        return VideoFile(Path(output), audio, frame_size, preset=preset, crf=crf)
-    check_video_options(preset, crf)
-    return JpegDirectory(Path(output), jpeg_quality, splicer=splicer, workers=workers)
+        return VideoFile(Path(output), audio, frame_size, preset=preset, crf=crf, executor=executor,
+                         workers=workers, codec=video_codec)
+    check_video_options(preset, crf, video_codec)
+    return JpegDirectory(Path(output), jpeg_quality, splicer=splicer, workers=workers, executor=executor)

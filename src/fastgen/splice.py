@@ -19,6 +19,7 @@ once as strips from its pixels and kept in a byte-bounded cache.
 """
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Callable, Optional, Sequence
@@ -82,21 +83,65 @@ def with_restarts(header: bytes, mcus_per_row: int) -> bytes:
     return header[:at] + bytes([0xFF, DRI, 0, 4, mcus_per_row >> 8, mcus_per_row & 0xFF]) + header[at:]
 
 
+# In entropy-coded data a 0xFF byte is always stuffed as FF 00, so FF D0..D7 can only be an RST
+_RST = re.compile(rb"\xff[\xd0-\xd7]")
+
+
 def row_segments(data: bytes) -> list[bytes]:
     """The entropy-coded segments of a JPEG with restarts, cut at its RST markers."""
     _, scan = split(data)
-    segments, start, i = [], 0, 0
-    n = len(scan)
-    while True:
-        i = scan.find(b"\xff", i)
-        if i < 0 or i + 1 >= n:
-            break
-        if 0xD0 <= scan[i + 1] <= 0xD7:
-            segments.append(scan[start:i])
-            start = i + 2
-        i += 2 if scan[i + 1] in (0x00, *range(0xD0, 0xD8)) else 1
+    segments, start = [], 0
+    for m in _RST.finditer(scan):
+        segments.append(scan[start:m.start()])
+        start = m.end()
     segments.append(scan[start:])
     return segments
+
+
+def geometry(header: bytes) -> tuple[int, int, int, int]:
+    """(height, width, MCU height, MCU width) from a header's SOF0/SOF1 segment."""
+    i = 2
+    while i + 4 <= len(header):
+        marker, length = header[i + 1], (header[i + 2] << 8) | header[i + 3]
+        if marker in (0xC0, 0xC1):
+            h, w = (header[i + 5] << 8) | header[i + 6], (header[i + 7] << 8) | header[i + 8]
+            comps = header[i + 9]
+            factors = [header[i + 11 + 3 * c] for c in range(comps)]
+            return h, w, 8 * max(f & 15 for f in factors), 8 * max(f >> 4 for f in factors)
+        i += 2 + length
+    raise InputError("not a baseline JPEG (no SOF0 segment)")
+
+
+def band_rows(y0: int, y1: int, height: int) -> tuple[int, int]:
+    """The rows [b0, b1) of whole 4:2:0 MCU rows that cover rows y0..y1 of a frame ``height`` tall:
+    what a spliced frame re-encodes when only rows y0..y1 changed."""
+    if y1 <= y0:
+        return 0, 0
+    return y0 // MCU_ROWS * MCU_ROWS, min(height, -(-y1 // MCU_ROWS) * MCU_ROWS)
+
+
+def decode_rows(data: bytes, y0: int, y1: int) -> Optional[np.ndarray]:
+    """Rows y0..y1 (full width, BGR) of a JPEG that restarts at every MCU row, decoded from only
+    the segments of those MCU rows and one more on each side.
+
+    The extra row on each side gives the decoder's chroma upsampling the same neighbours as in a
+    decode of the whole frame, so the rows equal that decode exactly (the tests check it); the
+    cost is that of the band, not of the frame.  None when ``data`` does not restart every row.
+    """
+    import simplejpeg
+
+    header, _ = split(data)
+    h, w, mh, mw = geometry(header)
+    rows = -(-h // mh)
+    if not 0 <= y0 < y1 <= h or restart_interval(header) != -(-w // mw):
+        return None
+    segments = row_segments(data)
+    if len(segments) != rows:
+        return None
+    r0, r1 = max(0, y0 // mh - 1), min(rows, -(-y1 // mh) + 1)
+    top = r0 * mh
+    band = assemble(_with_height(header, min(h, r1 * mh) - top), segments[r0:r1])
+    return simplejpeg.decode_jpeg(band, colorspace="BGR")[y0 - top:y1 - top]
 
 
 def assemble(header: bytes, segments: Sequence[bytes]) -> bytes:
@@ -145,8 +190,12 @@ class SplicingEncoder:
     """
 
     def __init__(self, template_jpeg: Callable[[int], bytes], template_image: Callable[[int], np.ndarray],
-                 quality: int, cache_mb: float = DEFAULT_CACHE_MB):
+                 quality: int, cache_mb: float = DEFAULT_CACHE_MB,
+                 template_rows: Optional[Callable[[int, int, int], np.ndarray]] = None):
         self.template_jpeg, self.template_image = template_jpeg, template_image
+        # template_rows(k, y0, y1): rows of template k's pixels (Avatar.rows), for lazy frames
+        self.template_rows = template_rows
+        self.sizes: dict[int, tuple[int, int]] = {}
         self.quality = int(quality)
         self.budget = int(cache_mb * 1024 * 1024)
         self.lock = threading.Lock()
@@ -192,6 +241,33 @@ class SplicingEncoder:
                     _, old = self.cache.popitem(last=False)
                     self.bytes -= sum(map(len, old))
         return segs
+
+    def _size(self, k: int) -> tuple[int, int]:
+        size = self.sizes.get(k)
+        if size is None:
+            h, w, _, _ = geometry(split(self.template_jpeg(k))[0])
+            size = self.sizes[k] = (h, w)
+        return size
+
+    def encode_frame(self, frame) -> bytes:
+        """A :class:`~fastgen.frame.Frame` as JPEG.  A lazy frame (``patch`` + ``changed``) is
+        spliced from the template's rows around the box and the patch, without its full image."""
+        k, changed, patch = frame.template, frame.changed, frame.patch
+        if patch is None or k < 0 or changed is None or self.template_rows is None:
+            return self.encode(frame.image, k, changed)
+        h, w = self._size(k)
+        x0, y0, x1, y1 = changed
+        if h < MCU_ROWS or x1 <= x0 or y1 <= y0:
+            return self.encode(frame.image, k, changed)
+        template_rows = self._segments(k, h, w)
+        b0, b1 = band_rows(y0, y1, h)
+        band = self.template_rows(k, b0, b1).copy()
+        band[y0 - b0:y1 - b0, x0:x1] = patch
+        first, last = b0 // MCU_ROWS, -(-b1 // MCU_ROWS)
+        segs = template_rows[:first] + strip_segments(band, self.quality, range(last - first)) \
+            + template_rows[last:]
+        self.counts["spliced"] += 1
+        return assemble(self._header(h, w), segs)
 
     def encode(self, image: np.ndarray, template: int = -1, changed: Optional[Sequence[int]] = None) -> bytes:
         """``image`` as JPEG; spliced when it is template ``template`` except inside ``changed``."""

@@ -14,9 +14,10 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ..errors import AvatarError
+from ..errors import AvatarError, InputError
 from ..models import sha256_file
 from ..models.locate import ModelFiles, find_models, resolve_models
+from ..splice import decode_rows
 from .layouts import Box, FileTemplates, read_layout
 from .pack import MANIFEST, PackTemplate, PackTemplates, read_pack, write_pack
 from .templates import DEFAULT_CACHE_MB, TemplateCache, compute_crop, decode_frame, template_order
@@ -132,6 +133,28 @@ class Avatar:
         if self._templates.crop is not None:
             return self._cache.get(("crop", k), lambda: self._templates.crop(k))
         return self._cache.get(("crop", k), lambda: compute_crop(self.frame(k), self._boxes[k]))
+
+    def rows(self, k: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of template ``k``'s frame (full width), read-only.
+
+        Decoded from only those rows of the template's JPEG where it restarts at every MCU row
+        (packs and the demo store templates so: :mod:`fastgen.splice`), which costs a fraction
+        of a whole decode; otherwise cut from :meth:`frame`.  Equal to ``frame(k)[y0:y1]``.
+        """
+        k = self._check_index(k)
+        whole = self._cache.peek(("frame", k))
+        if whole is not None:
+            return whole[y0:y1]
+        return self._cache.get(("rows", k, int(y0), int(y1)), lambda: self._decode_rows(k, y0, y1))
+
+    def _decode_rows(self, k: int, y0: int, y1: int) -> np.ndarray:
+        try:
+            band = decode_rows(self._templates.jpeg(k), y0, y1)
+        except (InputError, ValueError):
+            band = None             # not a restart JPEG we can cut: the whole decode says why
+        if band is None or band.shape[1] != self.frame_size[0]:
+            return self.frame(k)[y0:y1]
+        return band
 
     def _decode(self, k: int) -> np.ndarray:
         where = self._templates.name(k)

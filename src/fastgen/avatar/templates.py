@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import simplejpeg
@@ -79,6 +79,14 @@ class TemplateCache:
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+
+    def peek(self, key: tuple) -> Optional[np.ndarray]:
+        """The stored array for ``key``, or None; never loads."""
+        with self._lock:
+            arr = self._items.get(key)
+            if arr is not None:
+                self._items.move_to_end(key)
+            return arr
 
     def get(self, key: tuple, load: Callable[[], np.ndarray]) -> np.ndarray:
         with self._lock:
