@@ -152,7 +152,8 @@ def test_each_model_file_is_inspected_once_per_generator(dataset, monkeypatch):
 def test_choose_config_names_the_bad_value():
     from fastgen.engine import choose_config
 
-    assert choose_config(2, True).as_dict()["threads"] == 2
+    assert (choose_config(2, True).sessions, choose_config(2, True).threads) == (2, 1)
+    assert (choose_config(1, True).sessions, choose_config(8, True).threads) == (1, 4)
     for kwargs, name in (({"sessions": 0}, "sessions"), ({"threads": -1}, "threads"),
                          ({"batch": 0}, "batch"), ({"workers": 0}, "workers")):
         with pytest.raises(InputError, match=rf"^{name} must be >= 1"):

@@ -74,14 +74,18 @@ def choose_config(cores: int, dynamic_batch: bool, *, sessions=None, threads=Non
     1 session x 2 threads, batch 4        22.8       -                > 1 GB
     ====================================  =========  ===============  ============
 
-    Batches bring nothing on CPU and cost latency and memory, so batch 1.  Two single-thread
-    sessions are no faster within this machine's noise and each holds its own ~200 MB of
-    activations (the 128-channel 320x320 decoder stage), so one session with every core is the
-    default; ``sessions=`` is there for machines with memory to spare.  One post-processing
-    worker per session: its ~3 ms per frame fits beside ~40 ms of inference.
+    Batches bring nothing on CPU and cost latency and memory, so batch 1.  Model alone, one and
+    two sessions are equal within this machine's noise, but in the pipeline one session with
+    two intra-op threads loses more: each time post-processing takes a core, the whole parallel
+    op waits for its slower thread.  Measured on a 2-core Zen 4 (2026-12-02, ORT fp32, demo,
+    ``fastgen bench --json``): 1 session x 2 threads, pipeline 13.2 fps = 0.94x its own model
+    configuration; 2 sessions x 1 thread, pipeline 13.9 fps = 0.97x the best model configuration.
+    So up to two single-thread sessions (cores // 2 threads each beyond 2 cores), at the cost of
+    a second ~200 MB of activations; ``sessions=1`` saves it.  Workers = sessions: the one pool
+    that fills inputs, pastes and encodes (~5 ms a frame beside ~70 ms of inference).
     """
     feather_width(blend)
-    n = int(sessions) if sessions is not None else 1
+    n = int(sessions) if sessions is not None else max(1, min(2, cores))
     t = int(threads) if threads is not None else max(1, cores // max(n, 1))
     b = int(batch) if batch is not None else 1
     w = int(workers) if workers is not None else n
@@ -132,10 +136,21 @@ class Generator:
             cfg = replace(cfg, sessions=2 if sessions is None else cfg.sessions,
                           workers=cores if workers is None else cfg.workers)
         check = Check(self._fidelity_inputs)
+        # the choice is made on one session with every core (OpenVINO keeps that layout: its own
+        # thread pool beats two single-thread compiled models, 20.2 vs 13.3 fps pipeline on the
+        # Zen 4); ORT then gets the heuristic's single-thread sessions (choose_config)
+        split = sessions is None and threads is None and chosen.backend not in GPU_BACKENDS
         self.sessions, self.choice, self.fidelity = open_chosen(
-            self.generator_info, chosen, sessions=cfg.sessions, threads=cfg.threads,
-            providers=providers, check=check, model_for=self._model_for,
-            race=Race(lambda: check.inputs))
+            self.generator_info, chosen, sessions=1 if split else cfg.sessions,
+            threads=cores if split else cfg.threads, providers=providers, check=check,
+            model_for=self._model_for, race=Race(lambda: check.inputs))
+        if split and self.choice.backend == "ort" and cfg.sessions > 1:
+            target = self._model_for(self.choice.precision)
+            self.sessions = [open_session(target, backend="ort", precision=self.choice.precision,
+                                          threads=cfg.threads, providers=providers)
+                             for _ in range(cfg.sessions)]
+        elif split:
+            cfg = replace(cfg, sessions=1, threads=cores, workers=1 if workers is None else cfg.workers)
         self.calibration = None
         if batch is None:
             tries = batches_to_try(self.choice.backend, cpu_flags(), self.generator_info.dynamic_batch)

@@ -20,7 +20,6 @@ from ..runtime import BACKENDS, GPU_BACKENDS, PRECISIONS, default_threads, open_
 from ..runtime.calibration import MIN_GAIN
 from ..runtime.choice import choose, cpu_flags, cpu_model, gpu_present, installed, native_bf16, native_fp16
 from ..runtime.fidelity import BAR, avatar_inputs, compare, faithful, run_all
-from ..sinks import JpegDirectory
 
 
 def _fps(session, inputs, audio, frames: int) -> float:
@@ -32,9 +31,9 @@ def _fps(session, inputs, audio, frames: int) -> float:
 
 
 def _pipeline_fps(gen: Generator, wav, frames: int) -> float:
-    t = time.perf_counter()
-    n = sum(1 for f in gen.frames(wav, count=frames) if JpegDirectory.encode_image(f.image, 95))
-    return n / (time.perf_counter() - t)
+    from . import render_fps
+
+    return render_fps(gen, wav, frames)
 
 
 def _auto(report: dict, choice) -> tuple[str, str]:
