@@ -23,8 +23,9 @@ else:
     COMPILE_ARGS = ["-O3", "-fno-math-errno", "-Wno-psabi"]
 
 EXTENSIONS = [
-    Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS)
-    for name in ("mel", "image")
+    Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS,
+              depends=[f"src/fastgen/_ext/{header}"])     # a header edit rebuilds its module
+    for name, header in (("mel", "stft_core.h"), ("image", "resize_core.h"))
 ]
 
 setup(ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES))
