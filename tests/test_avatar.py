@@ -510,7 +510,11 @@ def test_cli_prepare(tmp_path, models, capsys):
     assert rc == 0
     av = Avatar.open(out)
     assert len(av) == 4 and av.mode == "ave"
-    assert str(out) in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(out) in printed
+    # the dataset's plain JPEGs are kept: prepare says spliced output must re-encode them once
+    assert "no restart at every MCU row" in printed
+    assert np.array_equal(av.rows(1, 3, 40), av.frame(1)[3:40])        # cut from the whole decode
 
 
 def test_cli_prepare_models_from_the_package(tmp_path, models):

@@ -219,6 +219,26 @@ def test_lazy_frames_equal_finished_frames_and_splice_identically(demo_cache):
     assert sp.counts["spliced"] == 6 and sp.counts["full"] == 0
 
 
+def test_spliced_frames_decode_in_pil_and_pyav(demo_cache, tmp_path):
+    import av
+    from PIL import Image
+
+    from fastgen import Generator, demo
+    from fastgen.splice import restarts_every_row
+
+    gen = Generator(demo.avatar(cache_dir=demo_cache), threads=2)
+    assert restarts_every_row(gen.avatar.jpeg(0))
+    gen.render(demo.audio(1.0), tmp_path / "f", count=3)
+    for path in sorted((tmp_path / "f").iterdir()):
+        ref = decode(path.read_bytes())
+        pil = np.asarray(Image.open(path).convert("RGB"))[:, :, ::-1]
+        assert np.array_equal(pil, ref)                      # the same libjpeg-turbo decode
+        with av.open(str(path)) as container:                # FFmpeg's own JPEG decoder
+            frame = next(container.decode(video=0)).to_ndarray(format="bgr24")
+        mse = np.mean((frame.astype(float) - ref) ** 2)
+        assert frame.shape == ref.shape and 10 * np.log10(255 ** 2 / mse) > 35
+
+
 def test_a_frame_needs_an_image_or_a_patch():
     from fastgen.frame import Frame
 

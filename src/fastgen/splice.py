@@ -112,6 +112,15 @@ def geometry(header: bytes) -> tuple[int, int, int, int]:
     raise InputError("not a baseline JPEG (no SOF0 segment)")
 
 
+def restarts_every_row(data: bytes) -> bool:
+    """Whether a JPEG restarts at every MCU row, so its rows can be cut and decoded alone."""
+    try:
+        h, w, mh, mw = geometry(split(data)[0])
+        return restart_interval(split(data)[0]) == -(-w // mw)
+    except InputError:
+        return False
+
+
 def band_rows(y0: int, y1: int, height: int) -> tuple[int, int]:
     """The rows [b0, b1) of whole 4:2:0 MCU rows that cover rows y0..y1 of a frame ``height`` tall:
     what a spliced frame re-encodes when only rows y0..y1 changed."""
