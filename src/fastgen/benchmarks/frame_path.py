@@ -42,6 +42,9 @@ class NullSession:
 
     def run(self, feeds) -> np.ndarray:
         n = len(feeds["input"])
+        if n <= len(self.outputs):        # a view: a real session's output copy is not its cost
+            self.turn = (getattr(self, "turn", -1) + 1) % (len(self.outputs) - n + 1)
+            return self.outputs[self.turn:self.turn + n]
         return self.outputs[np.arange(n) % len(self.outputs)]
 
     def describe(self) -> dict:
