@@ -79,14 +79,6 @@ class OvModel:
         return np.array(self.request.infer(dict(feeds))[self.output], dtype=np.float32, copy=True)
 
 
-def fps_once(session, x, a, frames: int) -> float:
-    t = time.perf_counter()
-    for i in range(frames):
-        k = i % len(x)
-        session.run({"input": x[k:k + 1], "audio": a[k:k + 1]})
-    return frames / (time.perf_counter() - t)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generator", required=True, help="trained generator ONNX file")
@@ -114,6 +106,7 @@ def main(argv=None) -> int:
     from fastgen.audio import load_audio
     from fastgen.runtime import open_session
     from fastgen.runtime import quantize as q
+    from fastgen.benchmarks.backends import session_fps
     from fastgen.runtime.fidelity import FACE, compare, faithful, run_all
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -234,11 +227,11 @@ def main(argv=None) -> int:
     figures = {key: compare(reference, run_all(s.run, ex, ea)) for key, s in sessions.items()}
     runs: dict = {key: [] for key in sessions}
     for key, s in sessions.items():
-        fps_once(s, ex, ea, 2)                                   # warm-up
+        session_fps(s, ex, ea, 2)                                   # warm-up
     for r in range(args.rounds):
         say(f"timing round {r + 1}/{args.rounds}")
         for key, s in sessions.items():
-            runs[key].append(fps_once(s, ex, ea, args.frames))
+            runs[key].append(session_fps(s, ex, ea, args.frames))
     base = statistics.median(runs["ort-fp32"])
     attempts = {}
     for key in sessions:

@@ -113,9 +113,9 @@ class FrameStep:
 
         ``alpha < 1`` blends the result with the plain template (a stream's silence crossfade).
         """
-        crop = self.avatar.crop(k).copy()
-        frame = self.avatar.frame(k).copy()
-        paste_output(pred, crop, frame, self.avatar.box(k), self.feather)
+        x0, y0, x1, y1 = self.changed(k)
+        frame = self.avatar.frame(k).copy()       # decoded first: patch() then cuts its rows from it
+        frame[y0:y1, x0:x1] = self.patch(k, pred)
         if alpha < 1.0:
             frame = (frame * alpha + self.avatar.frame(k) * (1.0 - alpha) + 0.5).astype(np.uint8)
         return frame

@@ -115,8 +115,8 @@ def geometry(header: bytes) -> tuple[int, int, int, int]:
 def restarts_every_row(data: bytes) -> bool:
     """Whether a JPEG restarts at every MCU row, so its rows can be cut and decoded alone."""
     try:
-        h, w, mh, mw = geometry(split(data)[0])
-        return restart_interval(split(data)[0]) == -(-w // mw)
+        header = split(data)[0]
+        return restart_interval(header) == -(-geometry(header)[1] // geometry(header)[3])
     except InputError:
         return False
 

@@ -20,9 +20,11 @@ from ..runtime import BACKENDS, GPU_BACKENDS, PRECISIONS, default_threads, open_
 from ..runtime.calibration import MIN_GAIN
 from ..runtime.choice import choose, cpu_flags, cpu_model, gpu_present, installed, native_bf16, native_fp16
 from ..runtime.fidelity import BAR, avatar_inputs, compare, faithful, run_all
+from . import render_fps
 
 
-def _fps(session, inputs, audio, frames: int) -> float:
+def session_fps(session, inputs, audio, frames: int) -> float:
+    """Batch-1 frames per second of one session, cycling over prepared inputs."""
     t = time.perf_counter()
     for i in range(frames):
         k = i % len(inputs)
@@ -30,10 +32,6 @@ def _fps(session, inputs, audio, frames: int) -> float:
     return frames / (time.perf_counter() - t)
 
 
-def _pipeline_fps(gen: Generator, wav, frames: int) -> float:
-    from . import render_fps
-
-    return render_fps(gen, wav, frames)
 
 
 def _auto(report: dict, choice) -> tuple[str, str]:
@@ -93,7 +91,7 @@ def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeli
         try:
             model = _int8_model(gen) if p == "int8" else gen.generator_info
             sessions[key] = open_session(model, backend=b, precision=p, threads=threads)
-            _fps(sessions[key], inputs, audio, 2)                 # warm-up
+            session_fps(sessions[key], inputs, audio, 2)                 # warm-up
         except FastgenError as exc:
             errors[key] = str(exc)
             sessions.pop(key, None)
@@ -102,7 +100,7 @@ def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeli
     for r in range(rounds):
         say(f"round {r + 1}/{rounds}: model-only, {len(sessions)} settings")
         for key, s in sessions.items():
-            runs[key].append(_fps(s, inputs, audio, model_frames))
+            runs[key].append(session_fps(s, inputs, audio, model_frames))
     base = statistics.median(runs["ort-fp32"])
     report: dict = {}
     for key, (b, p) in settings.items():
@@ -128,7 +126,7 @@ def run_backends(avatar, wav, *, rounds: int = 3, model_frames: int = 24, pipeli
         b, p = settings[key]
         say(f"pipeline with {key}, {pipeline_frames} frames")
         g = gen if key == "ort-fp32" else Generator(avatar, threads=threads, backend=b, precision=p)
-        pipeline[key] = round(statistics.median(_pipeline_fps(g, wav, pipeline_frames) for _ in range(rounds)), 2)
+        pipeline[key] = round(statistics.median(render_fps(g, wav, pipeline_frames) for _ in range(rounds)), 2)
     weights = gen.generator_info.weights                    # fidelity is the generator's
     return {
         "backends": report, "auto": auto, "fastest_faithful": best,
