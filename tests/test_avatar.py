@@ -18,7 +18,7 @@ import simplejpeg
 from avatar_builders import (H, W, box_for, draw_frame, encode, landmarks_text, make_dataset,
                              make_package, read_barcode, write_models)
 from references import reference_order
-from fastgen import Avatar, AvatarError, FastgenError, cli, demo
+from fastgen import Avatar, AvatarError, FastgenError, InputError, cli, demo
 from fastgen.avatar import (CROPS, FRAMES, INDEX, MANIFEST, PACK_VERSION, box_from_landmarks,
                             parse_landmarks, prepare, template_order)
 
@@ -513,8 +513,11 @@ def test_cli_prepare(tmp_path, models, capsys):
     printed = capsys.readouterr().out
     assert str(out) in printed
     # the dataset's plain JPEGs are kept: prepare says spliced output must re-encode them once
-    assert "no restart at every MCU row" in printed
+    assert "no restart markers to cut them at" in printed
     assert np.array_equal(av.rows(1, 3, 40), av.frame(1)[3:40])        # cut from the whole decode
+    assert np.array_equal(av.region(1, 5, 3, 17, 40), av.frame(1)[3:40, 5:17])
+    with pytest.raises(InputError, match="outside the 160x120 frame"):
+        av.region(1, 0, 0, 161, 10)
 
 
 def test_cli_prepare_models_from_the_package(tmp_path, models):

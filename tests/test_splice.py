@@ -9,8 +9,9 @@ import pytest
 import simplejpeg
 
 from fastgen import InputError
-from fastgen.splice import (MCU_ROWS, SplicingEncoder, assemble, band_rows, decode_rows, encode,
-                            encode_with_restarts, restart_interval, row_segments, split)
+from fastgen.splice import (MCU_ROWS, SplicingEncoder, TileGrid, assemble, band_rows, decode_region, decode_rows,
+                            encode, encode_with_restarts, restart_interval, row_segments, split, splittable,
+                            tile_interval)
 
 
 def photo(rng, h: int, w: int) -> np.ndarray:
@@ -32,11 +33,17 @@ def test_restart_encoding_decodes_exactly_as_a_plain_encode(rng, h):
     assert np.array_equal(decode(data), decode(plain))
     assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), decode(plain))
     header, _ = split(data)
-    assert restart_interval(header) == -(-img.shape[1] // MCU_ROWS)
+    assert restart_interval(header) == tile_interval(img.shape[1]) == (8 if h == 720 else 5)
+    grid = TileGrid.of(header)
     segments = row_segments(data)
-    assert len(segments) == -(-h // MCU_ROWS) and assemble(header, segments) == data
+    assert len(segments) == grid.count == -(-h // MCU_ROWS) * grid.tiles and assemble(header, segments) == data
     if h == 720:
-        assert len(data) <= 1.01 * len(plain)          # restarts cost well under 1 %
+        assert grid.tiles == 10 and len(data) <= 1.01 * len(plain)     # restarts cost under 1 %
+
+
+@pytest.mark.parametrize("w, interval", [(1280, 8), (1920, 8), (1080, 4), (720, 5), (208, 13), (16, 1)])
+def test_tile_interval_divides_the_row(w, interval):
+    assert tile_interval(w) == interval and -(-w // 16) % interval == 0
 
 
 def test_a_sliced_view_is_encoded_like_its_copy(rng):
@@ -48,7 +55,7 @@ def test_a_sliced_view_is_encoded_like_its_copy(rng):
 
 @pytest.fixture
 def template(rng):
-    img = photo(rng, 160, 200)
+    img = photo(rng, 160, 240)                  # 15 MCUs a row: 3 tiles of 80 px
     data = encode_with_restarts(img, 95)
     return data, decode(data)
 
@@ -65,14 +72,17 @@ def test_only_the_band_is_reencoded_and_the_rest_is_the_template(template, rng):
     sp = splicer_for(data, pixels)
     out = sp.encode(frame, 0, box)
     got = decode(out)
-    header, _ = split(out)
-    t_rows, o_rows = row_segments(data), row_segments(out)
-    assert o_rows[:3] == t_rows[:3] and o_rows[7:] == t_rows[7:]     # bit-identical coded rows
-    assert o_rows[3:7] != t_rows[3:7]
-    # outside the band (and the one MCU row beside it that chroma upsampling reads) the decoded
-    # frame is the template exactly: no generation loss; a full encode re-compresses it
-    keep = np.ones(len(frame), bool)
-    keep[2 * MCU_ROWS:8 * MCU_ROWS] = False
+    grid = TileGrid.of(split(data)[0])
+    assert (grid.tiles, grid.tile_px) == (3, 80)                      # 240 px: tiles of 5 MCUs
+    t_segs, o_segs = row_segments(data), row_segments(out)
+    fresh = {r * 3 + t for r in range(3, 7) for t in range(0, 2)}    # x 40..130: tiles 0, 1
+    assert [o for i, o in enumerate(o_segs) if i not in fresh] == \
+        [t for i, t in enumerate(t_segs) if i not in fresh]          # bit-identical coded tiles
+    assert all(o_segs[i] != t_segs[i] for i in fresh)
+    # outside the fresh tiles (and the one MCU beside them that chroma upsampling reads) the
+    # decoded frame is the template exactly: no generation loss; a full encode re-compresses it
+    keep = np.ones(frame.shape[:2], bool)
+    keep[2 * MCU_ROWS:8 * MCU_ROWS, :160 + MCU_ROWS] = False     # tiles 0-1 + 1 MCU
     assert np.array_equal(got[keep], frame[keep])
     assert not np.array_equal(decode(encode(frame, 95))[keep], frame[keep])
     # inside, it is what a full encode of the frame gives (to JPEG's own rounding at band edges)
@@ -205,7 +215,7 @@ def test_lazy_frames_equal_finished_frames_and_splice_identically(demo_cache):
     gen = Generator(demo.avatar(cache_dir=demo_cache), threads=2)
     av = gen.avatar
     rng = np.random.default_rng(3)
-    sp = SplicingEncoder(av.jpeg, av.frame, 95, template_rows=av.rows)
+    sp = SplicingEncoder(av.jpeg, av.frame, 95, template_region=av.region)
     for k in (0, 7, len(av) - 1):
         pred = rng.random((3, 320, 320), dtype=np.float32)
         lazy = gen.step.frame(k, 0.0, k, pred)
@@ -224,10 +234,8 @@ def test_spliced_frames_decode_in_pil_and_pyav(demo_cache, tmp_path):
     from PIL import Image
 
     from fastgen import Generator, demo
-    from fastgen.splice import restarts_every_row
-
     gen = Generator(demo.avatar(cache_dir=demo_cache), threads=2)
-    assert restarts_every_row(gen.avatar.jpeg(0))
+    assert splittable(gen.avatar.jpeg(0)) and TileGrid.of(split(gen.avatar.jpeg(0))[0]).tiles == 10
     gen.render(demo.audio(1.0), tmp_path / "f", count=3)
     for path in sorted((tmp_path / "f").iterdir()):
         ref = decode(path.read_bytes())
@@ -246,3 +254,70 @@ def test_a_frame_needs_an_image_or_a_patch():
         Frame(0, 0.0)
     f = Frame(1, 0.04, np.zeros((2, 2, 3), np.uint8))
     assert f.image.shape == (2, 2, 3) and "index=1" in repr(f)
+
+
+# ------------------------------------------------------------------ tiles
+
+@pytest.mark.parametrize("h, w, interval", [(720, 1280, None), (100, 240, None), (37, 250, None),
+                                            (45, 136, None), (64, 96, 6), (33, 77, 5)])
+def test_decoded_regions_equal_the_whole_decode(rng, h, w, interval):
+    """Any box, decoded from its tiles and one tile around them, is the whole decode's pixels;
+    ``interval`` = MCUs per row is the row-restart layout of earlier packs."""
+    data = encode_with_restarts(photo(rng, h, w), 95, interval)
+    whole = decode(data)
+    boxes = [(0, 0, 1, 1), (0, 0, w, h), (w - 1, h - 1, w, h), (w // 3, h // 4, w // 2 + 1, h // 2 + 3),
+             (0, h - 9, w, h), (w - 17, 0, w, 5), (15, 15, 17, 17), (1, 2, w - 3, h - 1)]
+    for x0, y0, x1, y1 in boxes:
+        assert np.array_equal(decode_region(data, x0, y0, x1, y1), whole[y0:y1, x0:x1]), (x0, y0, x1, y1)
+    assert decode_region(data, 0, 0, w + 1, h) is None and decode_region(data, 3, 3, 3, 9) is None
+    assert decode_region(encode(photo(rng, h, w), 95), 0, 0, 1, 1) is None
+
+
+def box_cases(h, w):
+    return {"top edge": (w // 4, 0, w // 2, min(h, 21)), "bottom edge": (w // 5, max(0, h - 19), w - 3, h),
+            "whole height": (w // 3, 0, w // 3 + 11, h), "left edge": (0, h // 3, 9, h // 2 + 1),
+            "right edge": (w - 30, h // 4, w, h // 2), "whole frame": (0, 0, w, h), "one pixel": (w - 1, h - 1, w, h)}
+
+
+@pytest.mark.parametrize("h, w", [(160, 240), (100, 250), (45, 137), (720, 1280), (33, 77)])
+@pytest.mark.parametrize("case", ["top edge", "bottom edge", "whole height", "left edge", "right edge",
+                                  "whole frame", "one pixel"])
+def test_spliced_tiles_are_a_full_encodes_and_the_rest_is_the_template(rng, h, w, case):
+    """Odd sizes (not multiples of 16, or of the tile) and boxes at every edge: the fresh tiles
+    are bit-identical to the same tiles of a full tiled encode of the frame, every other tile is
+    the template's own coded tile, and the result decodes in simplejpeg and OpenCV."""
+    data = encode_with_restarts(photo(rng, h, w), 95)
+    pixels = decode(data)
+    x0, y0, x1, y1 = box_cases(h, w)[case]
+    frame = pixels.copy()
+    frame[y0:y1, x0:x1] = photo(rng, y1 - y0, x1 - x0)
+    out = splicer_for(data, pixels).encode(frame, 0, (x0, y0, x1, y1))
+    grid = TileGrid.of(split(data)[0])
+    t0, r0, t1, r1 = grid.span(x0, y0, x1, y1)
+    fresh = {r * grid.tiles + t for r in range(r0, r1) for t in range(t0, t1)}
+    full_tiled = row_segments(encode_with_restarts(frame, 95))
+    for i, (o, t, f) in enumerate(zip(row_segments(out), row_segments(data), full_tiled)):
+        assert o == (f if i in fresh else t), i
+    got = decode(out)
+    assert np.array_equal(cv2.imdecode(np.frombuffer(out, np.uint8), cv2.IMREAD_COLOR), got)
+    # after decode, to JPEG's own rounding (chroma upsampling reads across the fresh tiles' edge)
+    assert np.abs(got.astype(int) - decode(encode(frame, 95))).max() <= 12
+
+
+def test_row_restart_templates_of_earlier_packs_are_still_cut(rng):
+    img = photo(rng, 96, 160)
+    data = encode_with_restarts(img, 95, interval=10)         # one segment per MCU row
+    pixels = decode(data)
+    frame = pixels.copy()
+    frame[40:60, 30:70] = 0
+    sp = splicer_for(data, pixels)
+    out = sp.encode(frame, 0, (30, 40, 70, 60))
+    assert restart_interval(split(out)[0]) == 10 and sp.counts["templates_cut"] == 1
+    t_rows, o_rows = row_segments(data), row_segments(out)
+    assert o_rows[:2] == t_rows[:2] and o_rows[4:] == t_rows[4:] and o_rows[2:4] != t_rows[2:4]
+    assert np.array_equal(decode(out)[40:60, 30:70], decode(encode(frame, 95))[40:60, 30:70])
+
+
+def test_an_interval_that_does_not_divide_the_row_is_refused(rng):
+    with pytest.raises(InputError, match="does not divide"):
+        encode_with_restarts(photo(rng, 32, 160), 95, interval=3)

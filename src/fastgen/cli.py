@@ -90,11 +90,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         w, h = avatar.frame_size
         print(f"prepared {args.output}: {len(avatar)} templates {w}x{h}, mode {avatar.mode}, "
               f"{time.perf_counter() - start:.1f} s")
-        from .splice import restarts_every_row
+        from .splice import splittable
 
-        if not restarts_every_row(avatar.jpeg(0)):
-            print("note: the source JPEGs (kept as they are) have no restart at every MCU row: spliced "
-                  "JPEG output encodes each template into strips once (cached) and decodes whole templates")
+        if not splittable(avatar.jpeg(0)):
+            print("note: the source JPEGs (kept as they are) have no restart markers to cut them at: "
+                  "spliced JPEG output encodes each template into tiles once (cached) and decodes whole templates")
     avatar.close()
     return 0
 

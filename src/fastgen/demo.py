@@ -31,7 +31,7 @@ from .timing import SAMPLE_RATE
 FRAME_W, FRAME_H = 1280, 720
 TEMPLATES = 125                 # 5 s of template video; ping-pong makes a 10 s cycle
 JPEG_QUALITY = 95
-DEMO_VERSION = 2                # bump when the drawing or its encoding changes: names the cache entry
+DEMO_VERSION = 3                # bump when the drawing or its encoding changes: names the cache entry
 DEMO_WEIGHTS = "known-answer-1"  # bump together with demo_weights(): names the cache entry
 WEIGHTS_LABEL = KNOWN_ANSWER_LABEL
 
@@ -203,7 +203,7 @@ def render_templates(count: int = TEMPLATES, quality: int = JPEG_QUALITY) -> Ite
     scene = base, np.clip(base + 0.5, 0, 255).astype(np.uint8)
     for k in range(count):
         frame, lms = render(k, count, scene)
-        # restarts at every MCU row: the JPEG sink copies the rows outside the face from here
+        # restarts every 128-pixel tile: the JPEG sink copies the tiles outside the face from here
         jpeg = encode_with_restarts(frame, quality)
         yield PackTemplate(jpeg, box_from_landmarks(lms.astype(np.int32)), f"demo template {k}")
 

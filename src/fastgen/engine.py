@@ -327,7 +327,7 @@ class Generator:
             from .splice import SplicingEncoder
 
             splicer = SplicingEncoder(self.avatar.jpeg, self.avatar.frame, jpeg_quality,
-                                      template_rows=self.avatar.rows)
+                                      template_region=self.avatar.region)
         workers = self.config.workers
         with ThreadPoolExecutor(workers, thread_name_prefix="fastgen-work") as pool:
             sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,

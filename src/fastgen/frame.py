@@ -123,15 +123,12 @@ class FrameStep:
     def patch(self, k: int, pred: np.ndarray) -> np.ndarray:
         """The pixels of :meth:`finish`'s frame inside :meth:`changed`'s box, without the frame.
 
-        The template's pixels under the box come from :meth:`Avatar.rows` of the whole MCU rows
-        around it (the rows a spliced JPEG re-encodes, so the JPEG sink reads the same cached
-        rows), never from a decode of the whole frame.
+        The template's pixels under the box come from :meth:`Avatar.region`: a decode of only the
+        JPEG tiles around it (the tiles a spliced JPEG re-encodes, so the JPEG sink reads the same
+        cached pixels), never of the whole frame.
         """
-        from .splice import band_rows
-
         x0, y0, x1, y1 = (int(v) for v in self.avatar.box(k))
-        b0, b1 = band_rows(y0, y1, self.avatar.frame_size[1])
-        pixels = self.avatar.rows(k, b0, b1)[y0 - b0:y1 - b0, x0:x1].copy()
+        pixels = self.avatar.region(k, x0, y0, x1, y1).copy()
         crop = self.avatar.crop(k).copy()
         paste_output(pred, crop, pixels, (0, 0, x1 - x0, y1 - y0), self.feather)
         return pixels

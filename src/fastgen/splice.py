@@ -1,27 +1,30 @@
-"""JPEG output that re-encodes only the rows that changed, and copies the rest from the template.
+"""JPEG output that re-encodes only the tiles that changed, and copies the rest from the template.
 
-In every output frame only the face box differs from its template.  A baseline JPEG whose
-entropy-coded data restarts at every MCU row (DRI = one row of 16x16 MCUs, RST0..7 between rows,
-4:2:0) can be cut at those markers, and a 16-row strip encoded *on its own* by libjpeg-turbo
-(simplejpeg) is exactly such a restart segment: it starts with zero DC predictions and ends
+In every output frame only the face box differs from its template.  A baseline 4:2:0 JPEG whose
+entropy-coded data restarts every few MCUs (DRI = ``interval`` 16x16 MCUs, a divisor of the MCUs
+in a row, RST0..7 between segments) is a grid of *tiles*, each one restart segment 16 pixels tall
+and ``16 * interval`` wide, that can be cut at its markers.  A tile encoded *on its own* by
+libjpeg-turbo (simplejpeg) is exactly such a segment: it starts with zero DC predictions and ends
 byte-aligned, and with the same quality and subsampling it has the same tables.  So a frame is
 
-    header(template, with DRI) + template rows above the box + fresh strips of the box's rows
-    + template rows below + EOI
+    header(template, with DRI) + the template's tiles, with fresh tiles where the box is
 
 with RST markers renumbered.  Decoded, it equals a full encode of the frame pixel for pixel (max
-|difference| 0 in simplejpeg and OpenCV, checked by the tests), it is ~0.5 % larger, and the rows
-outside the box's band are bit-identical to the template's own coded rows: no generation loss.
+|difference| 0 in simplejpeg and OpenCV, checked by the tests), it is ~1 % larger, and every tile
+outside the box's is bit-identical to the template's own coded tile: no generation loss.
 
-A template's row segments come from its own JPEG where that already restarts at every row with
-this quality's tables (packs and the demo store templates so); otherwise each template is encoded
-once as strips from its pixels and kept in a byte-bounded cache.
+New templates (packs, the demo) are stored with tiles of ``tile_interval(width)`` MCUs, 128 px at
+1280 wide; templates that restart at every MCU row (earlier packs) are the one-tile-per-row case.
+A template's JPEG that cannot be cut is encoded once as tiles from its pixels and kept in a
+byte-bounded cache.  :func:`decode_region` decodes only the tiles around a box (plus one tile on
+each side, so the decoder's chroma upsampling sees the neighbours it sees in a whole decode).
 """
 from __future__ import annotations
 
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -32,6 +35,7 @@ MCU_ROWS = 16                      # 4:2:0: an MCU is 16x16 pixels
 SUBSAMPLING = "420"
 SOS, DRI, EOI = 0xDA, 0xDD, 0xD9
 DEFAULT_CACHE_MB = 256.0
+TILE_MCUS = 8                      # preferred restart interval: 128-pixel tiles
 
 
 def encode(image: np.ndarray, quality: int) -> bytes:
@@ -41,46 +45,41 @@ def encode(image: np.ndarray, quality: int) -> bytes:
     return simplejpeg.encode_jpeg(image, quality=quality, colorspace="BGR", colorsubsampling=SUBSAMPLING)
 
 
+def _segments_of(header: bytes):
+    """(offset, marker, length) of each marker segment of a header, SOI excluded."""
+    i = 2
+    while i + 4 <= len(header) and header[i] == 0xFF:
+        marker, length = header[i + 1], (header[i + 2] << 8) | header[i + 3]
+        yield i, marker, length
+        i += 2 + length
+
+
 def split(data: bytes) -> tuple[bytes, bytes]:
     """(header up to and including the SOS segment, entropy-coded data without EOI)."""
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            break
-        marker, length = data[i + 1], (data[i + 2] << 8) | data[i + 3]
+    for i, marker, length in _segments_of(data):
         if marker == SOS:
             end = len(data) - 2 if data[-2:] == b"\xff\xd9" else len(data)
             return data[:i + 2 + length], data[i + 2 + length:end]
-        i += 2 + length
     raise InputError("not a baseline JPEG with one scan (no SOS segment found)")
 
 
 def tables(header: bytes) -> bytes:
     """The DQT and DHT segments of a header: what must match for segments to be spliced."""
-    out, i = bytearray(), 2
-    while i + 4 <= len(header):
-        marker, length = header[i + 1], (header[i + 2] << 8) | header[i + 3]
-        if marker in (0xDB, 0xC4):
-            out += header[i:i + 2 + length]
-        i += 2 + length
-    return bytes(out)
+    return b"".join(header[i:i + 2 + n] for i, marker, n in _segments_of(header) if marker in (0xDB, 0xC4))
 
 
 def restart_interval(header: bytes) -> int:
     """The header's DRI interval in MCUs (0: no restarts)."""
-    i = 2
-    while i + 4 <= len(header):
-        marker, length = header[i + 1], (header[i + 2] << 8) | header[i + 3]
+    for i, marker, _ in _segments_of(header):
         if marker == DRI:
             return (header[i + 4] << 8) | header[i + 5]
-        i += 2 + length
     return 0
 
 
-def with_restarts(header: bytes, mcus_per_row: int) -> bytes:
-    """``header`` with a DRI of one MCU row inserted before its SOS segment."""
+def with_restarts(header: bytes, interval: int) -> bytes:
+    """``header`` with a DRI of ``interval`` MCUs inserted before its SOS segment."""
     at = header.rfind(b"\xff\xda")
-    return header[:at] + bytes([0xFF, DRI, 0, 4, mcus_per_row >> 8, mcus_per_row & 0xFF]) + header[at:]
+    return header[:at] + bytes([0xFF, DRI, 0, 4, interval >> 8, interval & 0xFF]) + header[at:]
 
 
 # In entropy-coded data a 0xFF byte is always stuffed as FF 00, so FF D0..D7 can only be an RST
@@ -88,168 +87,269 @@ _RST = re.compile(rb"\xff[\xd0-\xd7]")
 
 
 def row_segments(data: bytes) -> list[bytes]:
-    """The entropy-coded segments of a JPEG with restarts, cut at its RST markers."""
-    _, scan = split(data)
-    segments, start = [], 0
-    for m in _RST.finditer(scan):
-        segments.append(scan[start:m.start()])
-        start = m.end()
-    segments.append(scan[start:])
-    return segments
+    """The entropy-coded segments of a JPEG with restarts, cut at its RST markers (raster order)."""
+    return _RST.split(split(data)[1])
 
 
 def geometry(header: bytes) -> tuple[int, int, int, int]:
     """(height, width, MCU height, MCU width) from a header's SOF0/SOF1 segment."""
-    i = 2
-    while i + 4 <= len(header):
-        marker, length = header[i + 1], (header[i + 2] << 8) | header[i + 3]
+    for i, marker, _ in _segments_of(header):
         if marker in (0xC0, 0xC1):
             h, w = (header[i + 5] << 8) | header[i + 6], (header[i + 7] << 8) | header[i + 8]
-            comps = header[i + 9]
-            factors = [header[i + 11 + 3 * c] for c in range(comps)]
+            factors = [header[i + 11 + 3 * c] for c in range(header[i + 9])]
             return h, w, 8 * max(f & 15 for f in factors), 8 * max(f >> 4 for f in factors)
-        i += 2 + length
     raise InputError("not a baseline JPEG (no SOF0 segment)")
 
 
-def restarts_every_row(data: bytes) -> bool:
-    """Whether a JPEG restarts at every MCU row, so its rows can be cut and decoded alone."""
+def tile_interval(width: int) -> int:
+    """The restart interval (MCUs) fastgen encodes a frame ``width`` wide with: the largest
+    divisor of its MCUs per row from 4 to :data:`TILE_MCUS`, else a whole row."""
+    mcus = -(-width // MCU_ROWS)
+    return next((d for d in range(TILE_MCUS, 3, -1) if mcus % d == 0), mcus)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The restart segments of a 4:2:0 JPEG ``height`` x ``width`` as tiles of ``interval`` MCUs:
+    segment ``r * tiles + t`` is MCU row r, tile t."""
+
+    height: int
+    width: int
+    interval: int
+
+    @classmethod
+    def of(cls, header: bytes) -> Optional["TileGrid"]:
+        """The grid of a header, or None where its segments are not whole tiles of MCU rows."""
+        try:
+            h, w, mh, mw = geometry(header)
+        except InputError:
+            return None
+        interval = restart_interval(header)
+        if (mh, mw) != (MCU_ROWS, MCU_ROWS) or interval <= 0 or -(-w // mw) % interval or h < 1:
+            return None
+        return cls(h, w, interval)
+
+    @classmethod
+    def for_size(cls, height: int, width: int) -> "TileGrid":
+        return cls(height, width, tile_interval(width))
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // MCU_ROWS)
+
+    @property
+    def tiles(self) -> int:
+        """Tiles per MCU row."""
+        return -(-self.width // MCU_ROWS) // self.interval
+
+    @property
+    def tile_px(self) -> int:
+        return self.interval * MCU_ROWS
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.tiles
+
+    def span(self, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        """(t0, r0, t1, r1): the tiles and MCU rows that cover pixels x0..x1, y0..y1."""
+        return (x0 // self.tile_px, y0 // MCU_ROWS, -(-x1 // self.tile_px), -(-y1 // MCU_ROWS))
+
+    def pixels(self, t0: int, r0: int, t1: int, r1: int) -> tuple[int, int, int, int]:
+        """The pixel box (x0, y0, x1, y1) of tiles t0..t1, rows r0..r1 (cut at the frame's edges)."""
+        return (t0 * self.tile_px, r0 * MCU_ROWS, min(self.width, t1 * self.tile_px),
+                min(self.height, r1 * MCU_ROWS))
+
+    def aligned(self, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        """The smallest box of whole tiles that holds x0..x1, y0..y1: what a splice re-encodes."""
+        return self.pixels(*self.span(x0, y0, x1, y1))
+
+
+def splittable(data: bytes) -> bool:
+    """Whether a JPEG's restart segments are whole tiles of MCU rows, so it can be cut."""
     try:
-        header = split(data)[0]
-        return restart_interval(header) == -(-geometry(header)[1] // geometry(header)[3])
+        return TileGrid.of(split(data)[0]) is not None
     except InputError:
         return False
 
 
 def band_rows(y0: int, y1: int, height: int) -> tuple[int, int]:
-    """The rows [b0, b1) of whole 4:2:0 MCU rows that cover rows y0..y1 of a frame ``height`` tall:
-    what a spliced frame re-encodes when only rows y0..y1 changed."""
+    """The rows [b0, b1) of whole 4:2:0 MCU rows that cover rows y0..y1 of a frame ``height`` tall."""
     if y1 <= y0:
         return 0, 0
     return y0 // MCU_ROWS * MCU_ROWS, min(height, -(-y1 // MCU_ROWS) * MCU_ROWS)
 
 
-def decode_rows(data: bytes, y0: int, y1: int) -> Optional[np.ndarray]:
-    """Rows y0..y1 (full width, BGR) of a JPEG that restarts at every MCU row, decoded from only
-    the segments of those MCU rows and one more on each side.
+def decode_region(data: bytes, x0: int, y0: int, x1: int, y1: int) -> Optional[np.ndarray]:
+    """Pixels ``[y0:y1, x0:x1]`` (BGR) of a tiled JPEG, decoded from only the tiles that cover
+    them and one more tile on each side.
 
-    The extra row on each side gives the decoder's chroma upsampling the same neighbours as in a
-    decode of the whole frame, so the rows equal that decode exactly (the tests check it); the
-    cost is that of the band, not of the frame.  None when ``data`` does not restart every row.
+    The extra tiles give the decoder's chroma upsampling the same neighbours as in a decode of
+    the whole frame, so the pixels equal that decode exactly (the tests check it); the cost is
+    that of the region, not of the frame.  None when ``data`` cannot be cut or the box is empty
+    or outside the frame.
     """
     import simplejpeg
 
     header, _ = split(data)
-    h, w, mh, mw = geometry(header)
-    rows = -(-h // mh)
-    if not 0 <= y0 < y1 <= h or restart_interval(header) != -(-w // mw):
+    grid = TileGrid.of(header)
+    if grid is None or not (0 <= x0 < x1 <= grid.width and 0 <= y0 < y1 <= grid.height):
         return None
     segments = row_segments(data)
-    if len(segments) != rows:
+    if len(segments) != grid.count:
         return None
-    r0, r1 = max(0, y0 // mh - 1), min(rows, -(-y1 // mh) + 1)
-    top = r0 * mh
-    band = assemble(_with_height(header, min(h, r1 * mh) - top), segments[r0:r1])
-    return simplejpeg.decode_jpeg(band, colorspace="BGR")[y0 - top:y1 - top]
+    t0, r0, t1, r1 = grid.span(x0, y0, x1, y1)
+    t0, r0, t1, r1 = max(0, t0 - 1), max(0, r0 - 1), min(grid.tiles, t1 + 1), min(grid.rows, r1 + 1)
+    left, top, right, bottom = grid.pixels(t0, r0, t1, r1)
+    picked = [segments[r * grid.tiles + t] for r in range(r0, r1) for t in range(t0, t1)]
+    region = assemble(_with_size(header, bottom - top, right - left), picked)
+    return simplejpeg.decode_jpeg(region, colorspace="BGR")[y0 - top:y1 - top, x0 - left:x1 - left]
+
+
+def decode_rows(data: bytes, y0: int, y1: int) -> Optional[np.ndarray]:
+    """Rows y0..y1, full width, of a tiled JPEG: :func:`decode_region` of those rows."""
+    try:
+        width = geometry(split(data)[0])[1]
+    except InputError:
+        return None
+    return decode_region(data, 0, y0, width, y1)
+
+
+_RST_MARKERS = [bytes([0xFF, 0xD0 + i]) for i in range(8)]
+
+
+def interleaved(segments: Sequence[bytes]) -> list[bytes]:
+    """``segments`` with their RST markers between them (numbered from RST0), as a list."""
+    parts = [b""] * (2 * len(segments) - 1) if segments else []
+    parts[0::2] = segments
+    parts[1::2] = [_RST_MARKERS[i & 7] for i in range(len(segments) - 1)]
+    return parts
 
 
 def assemble(header: bytes, segments: Sequence[bytes]) -> bytes:
-    """One JPEG from a header with DRI and its row segments, RST markers renumbered."""
-    parts = [header]
-    for r, seg in enumerate(segments):
-        if r:
-            parts.append(bytes([0xFF, 0xD0 + ((r - 1) & 7)]))
-        parts.append(seg)
-    parts.append(b"\xff\xd9")
-    return b"".join(parts)
+    """One JPEG from a header with DRI and its restart segments, RST markers renumbered."""
+    return b"".join([header, *interleaved(segments), b"\xff\xd9"])
 
 
-def strip_segments(image: np.ndarray, quality: int, rows: range) -> list[bytes]:
-    """Each 16-row strip of ``image`` in ``rows`` (MCU-row numbers) encoded on its own."""
-    return [split(encode(image[r * MCU_ROWS:(r + 1) * MCU_ROWS], quality))[1] for r in rows]
+def scan_of(data: bytes) -> bytes:
+    """The entropy-coded data of one JPEG simplejpeg wrote (:func:`split`, with the header's
+    length remembered: every tile of one size and quality has the same header)."""
+    n = len(data)
+    for start in _SCAN_STARTS:
+        # the SOS segment of a 3-component scan is 14 bytes: FF DA 00 0C ...
+        if start < n and data[start - 14:start - 10] == b"\xff\xda\x00\x0c":
+            return data[start:n - 2] if data[n - 2:] == b"\xff\xd9" else data[start:]
+    header, scan = split(data)
+    _SCAN_STARTS.append(len(header))
+    return scan
 
 
-def encode_with_restarts(image: np.ndarray, quality: int) -> bytes:
-    """``image`` as a JPEG that restarts at every MCU row (decodes exactly as a plain encode)."""
+_SCAN_STARTS: list[int] = []
+
+
+def tile_segments(image: np.ndarray, quality: int, grid: TileGrid, tiles: Sequence[tuple[int, int]],
+                  origin: tuple[int, int] = (0, 0)) -> list[bytes]:
+    """Tiles ``(r, t)`` of ``grid`` each encoded on its own from ``image``, whose pixel (0, 0) is
+    the frame's pixel ``origin`` (x, y)."""
+    ox, oy = origin
+    out = []
+    for r, t in tiles:
+        x0, y0, x1, y1 = grid.pixels(t, r, t + 1, r + 1)
+        out.append(scan_of(encode(image[y0 - oy:y1 - oy, x0 - ox:x1 - ox], quality)))
+    return out
+
+
+def encode_with_restarts(image: np.ndarray, quality: int, interval: Optional[int] = None) -> bytes:
+    """``image`` as a tiled JPEG (restarts every ``interval`` MCUs, by default
+    :func:`tile_interval`); it decodes exactly as a plain encode."""
     h, w = image.shape[:2]
-    header = with_restarts(split(encode(image[:MCU_ROWS], quality))[0], -(-w // MCU_ROWS))
-    header = _with_height(header, h)
-    return assemble(header, strip_segments(image, quality, range(-(-h // MCU_ROWS))))
+    grid = TileGrid(h, w, interval or tile_interval(w))
+    if -(-w // MCU_ROWS) % grid.interval:
+        raise InputError(f"a restart interval of {grid.interval} MCUs does not divide a row of {w} pixels")
+    header = _with_size(with_restarts(split(encode(image[:MCU_ROWS, :grid.tile_px], quality))[0],
+                                      grid.interval), h, w)
+    every = [(r, t) for r in range(grid.rows) for t in range(grid.tiles)]
+    return assemble(header, tile_segments(image, quality, grid, every))
 
 
-def _with_height(header: bytes, height: int) -> bytes:
-    """``header`` with its SOF0 frame height set to ``height``."""
+def _with_size(header: bytes, height: int, width: Optional[int] = None) -> bytes:
+    """``header`` with its SOF0 frame height (and width) set."""
     out = bytearray(header)
-    i = 2
-    while i + 4 <= len(out):
-        marker, length = out[i + 1], (out[i + 2] << 8) | out[i + 3]
+    for i, marker, _ in _segments_of(header):
         if marker in (0xC0, 0xC1):
             out[i + 5], out[i + 6] = height >> 8, height & 0xFF
+            if width is not None:
+                out[i + 7], out[i + 8] = width >> 8, width & 0xFF
             return bytes(out)
-        i += 2 + length
     raise InputError("not a baseline JPEG (no SOF0 segment)")
 
 
 class SplicingEncoder:
-    """Encodes frames that carry ``template`` and ``changed`` by re-encoding only the changed band.
+    """Encodes frames that carry ``template`` and ``changed`` by re-encoding only the changed tiles.
 
     ``template_jpeg(k)`` gives template k's stored JPEG and ``template_image(k)`` its pixels (used
-    once per template when its JPEG cannot be cut).  Frames without template facts, or of another
-    size, get a full encode.  Safe to share between threads.
+    once per template when its JPEG cannot be cut).  ``template_region(k, x0, y0, x1, y1)``
+    (:meth:`Avatar.region`) gives template pixels around a box, for lazy frames.  Frames without
+    template facts, or of another size, get a full encode.  Safe to share between threads.
     """
 
     def __init__(self, template_jpeg: Callable[[int], bytes], template_image: Callable[[int], np.ndarray],
                  quality: int, cache_mb: float = DEFAULT_CACHE_MB,
-                 template_rows: Optional[Callable[[int, int, int], np.ndarray]] = None):
+                 template_region: Optional[Callable[[int, int, int, int, int], np.ndarray]] = None):
         self.template_jpeg, self.template_image = template_jpeg, template_image
-        # template_rows(k, y0, y1): rows of template k's pixels (Avatar.rows), for lazy frames
-        self.template_rows = template_rows
+        self.template_region = template_region
         self.sizes: dict[int, tuple[int, int]] = {}
         self.quality = int(quality)
         self.budget = int(cache_mb * 1024 * 1024)
         self.lock = threading.Lock()
-        self.cache: OrderedDict[int, list[bytes]] = OrderedDict()
+        self.cache: OrderedDict[int, tuple[TileGrid, list[bytes]]] = OrderedDict()
         self.bytes = 0
-        self.headers: dict[tuple[int, int], bytes] = {}
+        self.headers: dict[TileGrid, bytes] = {}
         self.reference_tables: Optional[bytes] = None
         self.counts = {"spliced": 0, "full": 0, "templates_cut": 0, "templates_encoded": 0}
 
-    def _header(self, h: int, w: int) -> bytes:
-        header = self.headers.get((h, w))
+    def _header(self, grid: TileGrid) -> bytes:
+        header = self.headers.get(grid)
         if header is None:
-            strip = np.zeros((min(h, MCU_ROWS), w, 3), np.uint8)
-            header = _with_height(with_restarts(split(encode(strip, self.quality))[0], -(-w // MCU_ROWS)), h)
-            self.headers[(h, w)] = header
-            self.reference_tables = tables(header)
+            strip = np.zeros((min(grid.height, MCU_ROWS), min(grid.width, grid.tile_px), 3), np.uint8)
+            header = _with_size(with_restarts(split(encode(strip, self.quality))[0], grid.interval),
+                                grid.height, grid.width)
+            self.headers[grid] = header
         return header
 
-    def _segments(self, k: int, h: int, w: int) -> list[bytes]:
+    def _tables(self) -> bytes:
+        if self.reference_tables is None:
+            self.reference_tables = tables(split(encode(np.zeros((16, 16, 3), np.uint8), self.quality))[0])
+        return self.reference_tables
+
+    def _segments(self, k: int, h: int, w: int) -> tuple[TileGrid, list[bytes]]:
+        """Template k's grid and its tiles with their RST markers between them (:func:`interleaved`;
+        tile i is item 2 i): cut from its JPEG, or encoded once from its pixels."""
         with self.lock:
-            segs = self.cache.get(k)
-            if segs is not None:
+            hit = self.cache.get(k)
+            if hit is not None:
                 self.cache.move_to_end(k)
-                return segs
-            self._header(h, w)
-        rows = -(-h // MCU_ROWS)
+                return hit
         data = self.template_jpeg(k)
         header, _ = split(data)
-        if restart_interval(header) == -(-w // MCU_ROWS) and tables(header) == self.reference_tables:
+        grid = TileGrid.of(header)
+        segs: list[bytes] = []
+        if grid is not None and (grid.height, grid.width) == (h, w) and tables(header) == self._tables():
             segs = row_segments(data)
-            kind = "templates_cut"
-        else:
-            segs = []
-        if len(segs) != rows:
-            segs = strip_segments(self.template_image(k), self.quality, range(rows))
+        kind = "templates_cut"
+        if grid is None or len(segs) != grid.count:
+            grid = TileGrid.for_size(h, w)
+            every = [(r, t) for r in range(grid.rows) for t in range(grid.tiles)]
+            segs = tile_segments(self.template_image(k), self.quality, grid, every)
             kind = "templates_encoded"
         with self.lock:
             self.counts[kind] += 1
             if k not in self.cache:
-                self.cache[k] = segs
+                self.cache[k] = (grid, interleaved(segs))
                 self.bytes += sum(map(len, segs))
                 while self.bytes > self.budget and len(self.cache) > 1:
-                    _, old = self.cache.popitem(last=False)
-                    self.bytes -= sum(map(len, old))
-        return segs
+                    _, (_, old) = self.cache.popitem(last=False)
+                    self.bytes -= sum(map(len, old[0::2]))
+            return self.cache.get(k) or (grid, interleaved(segs))
 
     def _size(self, k: int) -> tuple[int, int]:
         size = self.sizes.get(k)
@@ -258,36 +358,47 @@ class SplicingEncoder:
             size = self.sizes[k] = (h, w)
         return size
 
+    def _splice(self, k: int, h: int, w: int, changed: Sequence[int], pixels: Callable) -> bytes:
+        """Template k's tiles with those under ``changed`` encoded from ``pixels(box)``, the
+        frame's pixels in a box of whole tiles."""
+        grid, parts = self._segments(k, h, w)
+        x0, y0, x1, y1 = changed
+        if x1 > x0 and y1 > y0:
+            t0, r0, t1, r1 = grid.span(x0, y0, x1, y1)
+            box = grid.pixels(t0, r0, t1, r1)
+            fresh = [(r, t) for r in range(r0, r1) for t in range(t0, t1)]
+            encoded = tile_segments(pixels(box), self.quality, grid, fresh, origin=box[:2])
+            parts = list(parts)
+            for (r, t), seg in zip(fresh, encoded):
+                parts[2 * (r * grid.tiles + t)] = seg
+        with self.lock:
+            self.counts["spliced"] += 1
+        return b"".join([self._header(grid), *parts, b"\xff\xd9"])
+
     def encode_frame(self, frame) -> bytes:
         """A :class:`~fastgen.frame.Frame` as JPEG.  A lazy frame (``patch`` + ``changed``) is
-        spliced from the template's rows around the box and the patch, without its full image."""
+        spliced from the template's pixels around the box and the patch, without its full image."""
         k, changed, patch = frame.template, frame.changed, frame.patch
-        if patch is None or k < 0 or changed is None or self.template_rows is None:
+        if patch is None or k < 0 or changed is None or self.template_region is None:
             return self.encode(frame.image, k, changed)
         h, w = self._size(k)
         x0, y0, x1, y1 = changed
         if h < MCU_ROWS or x1 <= x0 or y1 <= y0:
             return self.encode(frame.image, k, changed)
-        template_rows = self._segments(k, h, w)
-        b0, b1 = band_rows(y0, y1, h)
-        band = self.template_rows(k, b0, b1).copy()
-        band[y0 - b0:y1 - b0, x0:x1] = patch
-        first, last = b0 // MCU_ROWS, -(-b1 // MCU_ROWS)
-        segs = template_rows[:first] + strip_segments(band, self.quality, range(last - first)) \
-            + template_rows[last:]
-        self.counts["spliced"] += 1
-        return assemble(self._header(h, w), segs)
+
+        def pixels(box):
+            bx0, by0, bx1, by1 = box
+            region = self.template_region(k, bx0, by0, bx1, by1).copy()
+            region[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] = patch
+            return region
+
+        return self._splice(k, h, w, changed, pixels)
 
     def encode(self, image: np.ndarray, template: int = -1, changed: Optional[Sequence[int]] = None) -> bytes:
         """``image`` as JPEG; spliced when it is template ``template`` except inside ``changed``."""
         h, w = image.shape[:2]
         if template < 0 or changed is None or h < MCU_ROWS:
-            self.counts["full"] += 1
+            with self.lock:
+                self.counts["full"] += 1
             return encode(image, self.quality)
-        template_rows = self._segments(template, h, w)
-        x0, y0, x1, y1 = changed
-        first, last = (y0 // MCU_ROWS, -(-y1 // MCU_ROWS)) if y1 > y0 and x1 > x0 else (0, 0)
-        segs = template_rows[:first] + strip_segments(image, self.quality, range(first, last)) \
-            + template_rows[last:]
-        self.counts["spliced"] += 1
-        return assemble(self._header(h, w), segs)
+        return self._splice(template, h, w, changed, lambda box: image[box[1]:box[3], box[0]:box[2]])

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import AvatarError, InputError
 from ..models import sha256_file
 from ..models.locate import ModelFiles, find_models, resolve_models
-from ..splice import decode_rows
+from ..splice import TileGrid, decode_region, split
 from .layouts import Box, FileTemplates, read_layout
 from .pack import MANIFEST, PackTemplate, PackTemplates, read_pack, write_pack
 from .templates import DEFAULT_CACHE_MB, TemplateCache, compute_crop, decode_frame, template_order
@@ -42,6 +42,7 @@ class Avatar:
         self.frame_size = frame_size          # (width, height)
         self._templates = templates
         self._cache = TemplateCache(cache_bytes)
+        self._grids: dict[int, Optional[TileGrid]] = {}
         self.generator_path = models.generator
         self.audio_encoder_path = models.audio_encoder
         self.mode = models.mode
@@ -134,27 +135,52 @@ class Avatar:
             return self._cache.get(("crop", k), lambda: self._templates.crop(k))
         return self._cache.get(("crop", k), lambda: compute_crop(self.frame(k), self._boxes[k]))
 
-    def rows(self, k: int, y0: int, y1: int) -> np.ndarray:
-        """Rows ``y0:y1`` of template ``k``'s frame (full width), read-only.
+    def region(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` of template ``k``'s frame, read-only.
 
-        Decoded from only those rows of the template's JPEG where it restarts at every MCU row
-        (packs and the demo store templates so: :mod:`fastgen.splice`), which costs a fraction
-        of a whole decode; otherwise cut from :meth:`frame`.  Equal to ``frame(k)[y0:y1]``.
+        Decoded from only the tiles around them where the template's JPEG restarts in tiles
+        (packs and the demo store templates so: :mod:`fastgen.splice`), which costs a fraction of
+        a whole decode, and cached as the box of whole tiles (what a spliced frame re-encodes, so
+        the paste and the JPEG sink share one decode); otherwise cut from :meth:`frame`.  Equal to
+        ``frame(k)[y0:y1, x0:x1]``.
         """
         k = self._check_index(k)
+        w, h = self.frame_size
+        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+        if not (0 <= x0 <= x1 <= w and 0 <= y0 <= y1 <= h):
+            raise InputError(f"region {(x0, y0, x1, y1)} is outside the {w}x{h} frame")
         whole = self._cache.peek(("frame", k))
-        if whole is not None:
-            return whole[y0:y1]
-        return self._cache.get(("rows", k, int(y0), int(y1)), lambda: self._decode_rows(k, y0, y1))
+        grid = self._grid(k) if whole is None and x1 > x0 and y1 > y0 else None
+        if grid is None:
+            return self.frame(k)[y0:y1, x0:x1] if whole is None else whole[y0:y1, x0:x1]
+        ax0, ay0, ax1, ay1 = grid.aligned(x0, y0, x1, y1)
+        tiles = self._cache.get(("region", k, ax0, ay0, ax1, ay1),
+                                lambda: self._decode_region(k, ax0, ay0, ax1, ay1))
+        return tiles[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
 
-    def _decode_rows(self, k: int, y0: int, y1: int) -> np.ndarray:
+    def rows(self, k: int, y0: int, y1: int) -> np.ndarray:
+        """Rows ``y0:y1`` of template ``k``'s frame (full width): :meth:`region` of those rows."""
+        return self.region(k, 0, y0, self.frame_size[0], y1)
+
+    def _grid(self, k: int) -> Optional[TileGrid]:
+        """The tile grid of template k's JPEG, None where it cannot be cut (checked once)."""
+        if k not in self._grids:
+            try:
+                grid = TileGrid.of(split(self._templates.jpeg(k))[0])
+            except InputError:
+                grid = None
+            w, h = self.frame_size
+            self._grids[k] = grid if grid is not None and (grid.width, grid.height) == (w, h) else None
+        return self._grids[k]
+
+    def _decode_region(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         try:
-            band = decode_rows(self._templates.jpeg(k), y0, y1)
+            pixels = decode_region(self._templates.jpeg(k), x0, y0, x1, y1)
         except (InputError, ValueError):
-            band = None             # not a restart JPEG we can cut: the whole decode says why
-        if band is None or band.shape[1] != self.frame_size[0]:
-            return self.frame(k)[y0:y1]
-        return band
+            pixels = None             # not a tiled JPEG we can cut: the whole decode says why
+        if pixels is None or pixels.shape[:2] != (y1 - y0, x1 - x0):
+            return self.frame(k)[y0:y1, x0:x1]
+        return pixels
 
     def _decode(self, k: int) -> np.ndarray:
         where = self._templates.name(k)

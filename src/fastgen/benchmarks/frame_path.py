@@ -23,7 +23,7 @@ from ..engine import Generator
 from ..runtime.fidelity import avatar_inputs, run_all
 from ..scheduler import FrameScheduler
 from ..sinks import JpegDirectory, VideoFile
-from ..splice import SplicingEncoder, band_rows, encode
+from ..splice import SplicingEncoder, encode
 
 MODES = ("splice", "full", "mp4")
 
@@ -81,11 +81,10 @@ def _stages(gen: Generator, null: NullSession, wav, frames: int, splicer: Splici
     order = gen.avatar.order(table.frames.stop)
     inp = np.empty((1, 6, 320, 320), np.float32)
     aud = np.empty((1, *gen.audio_shape), np.float32)
-    keys = ("input_tensor", "audio_window", "template_rows", "output_paste", "jpeg_splice", "full_image",
+    keys = ("input_tensor", "audio_window", "template_region", "output_paste", "jpeg_splice", "full_image",
             "jpeg_full")
     times = dict.fromkeys(keys, 0.0)
     times["features_mel_encoder"] = features
-    height = gen.avatar.frame_size[1]
     for j in table.frames:
         k = order[j]
         t0 = time.perf_counter()
@@ -93,8 +92,7 @@ def _stages(gen: Generator, null: NullSession, wav, frames: int, splicer: Splici
         t1 = time.perf_counter()
         table.window(j, aud[0])
         t2 = time.perf_counter()
-        box = gen.step.changed(k)
-        gen.avatar.rows(k, *band_rows(box[1], box[3], height))     # the decode; patch then hits the cache
+        gen.avatar.region(k, *gen.step.changed(k))     # the decode; patch then hits the cache
         t3 = time.perf_counter()
         frame = gen.step.frame(j, 0.0, k, null.run({"input": inp})[0])
         t4 = time.perf_counter()
@@ -116,7 +114,7 @@ def run_frame_path(avatar, wav, *, frames: int = 250, rounds: int = 3,
     table = gen.feature_table(wav)
     inputs, audio = avatar_inputs(gen.step, table, gen.avatar.order(len(table)), gen.audio_shape, count=8)
     null = NullSession(gen.generator_info, run_all(gen.sessions[0].run, inputs, audio))
-    splicer = SplicingEncoder(gen.avatar.jpeg, gen.avatar.frame, 95, template_rows=gen.avatar.rows)
+    splicer = SplicingEncoder(gen.avatar.jpeg, gen.avatar.frame, 95, template_region=gen.avatar.region)
     runs: dict = {(m, w): [] for m in MODES for w in (1, 2)}
     with tempfile.TemporaryDirectory(prefix="fastgen-frame-path-") as tmp:
         _run(gen, null, wav, min(frames, 30), "splice", 2, Path(tmp), splicer)       # warm-up, caches
