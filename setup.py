@@ -24,8 +24,8 @@ else:
 
 EXTENSIONS = [
     Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS,
-              depends=[f"src/fastgen/_ext/{header}"])     # a header edit rebuilds its module
-    for name, header in (("mel", "stft_core.h"), ("image", "resize_core.h"))
+              depends=[f"src/fastgen/_ext/{h}" for h in headers])     # a header edit rebuilds its module
+    for name, headers in (("mel", ("stft_core.h",)), ("image", ("resize_core.h", "convert_core.h")))
 ]
 
 setup(ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES))

@@ -146,6 +146,7 @@ BASELINE_CHECK = textwrap.dedent("""
     image.composite_patch(frame, crop, (10, 20, 192, 202), feather=6)
     np.save(sys.argv[3], frame)
     np.save(sys.argv[4], image.resize_bicubic(crop, 182, 182))
+    np.save(sys.argv[6], image.from_generator_output(np.load(sys.argv[5])))
     print(resize_build(), worst)
 """)
 
@@ -155,9 +156,12 @@ def test_baseline_build_matches_opencv(tmp_path, rng):
     level of OpenCV, and its feathered paste is exactly §6.4 applied to its own resize."""
     frame = rng.integers(0, 256, (240, 300, 3), dtype=np.uint8)
     crop = natural_image(328, 328, seed=9)
-    paths = [tmp_path / f"{n}.npy" for n in ("frame", "crop", "out", "patch")]
+    paths = [tmp_path / f"{n}.npy" for n in ("frame", "crop", "out", "patch", "pred", "pred_u8")]
     np.save(paths[0], frame)
     np.save(paths[1], crop)
+    pred = rng.random((3, 37, 41), dtype=np.float32) * 1.2 - 0.1      # out of range on both sides
+    pred[0, 0, :4] = [np.nan, np.inf, -np.inf, 1.0]
+    np.save(paths[4], pred)
     env = dict(os.environ, FASTGEN_RESIZE_BASELINE="1")
     res = subprocess.run([sys.executable, "-c", BASELINE_CHECK, *map(str, paths)],
                          env=env, capture_output=True, text=True, timeout=300)
@@ -167,6 +171,9 @@ def test_baseline_build_matches_opencv(tmp_path, rng):
     patch = np.load(paths[3])
     assert_within_one(patch, cv2.resize(crop, (182, 182), interpolation=cv2.INTER_CUBIC))
     np.testing.assert_array_equal(np.load(paths[2]), reference_feather(frame, patch, (10, 20, 192, 202), 6))
+    # the scalar conversion: exactly what the AVX2 build (run in this process) writes
+    np.testing.assert_array_equal(np.load(paths[5]), image.from_generator_output(pred))
+    assert np.load(paths[5])[0, :4, 0].tolist() == [0, 255, 0, 255]
 
 
 def test_fast_and_exact_paths_differ_only_near_ties():

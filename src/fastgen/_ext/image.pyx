@@ -15,6 +15,11 @@ from libc.string cimport memcpy, memset
 
 ctypedef unsigned char u8
 
+cdef extern from "convert_core.h" nogil:
+    # generator output -> uint8 BGR: trunc(clamp(v * 255, 0, 255)), NaN -> 0; AVX2 build where
+    # the CPU has it (resize_core.h's detection)
+    void fc_from_output(const float *pred, ptrdiff_t h, ptrdiff_t w, u8 *dst, ptrdiff_t pitch)
+
 cdef extern from "resize_core.h" nogil:
     # the fast path (float32, SIMD, one build per ISA): a plan of taps and weights per size
     # quadruple, then the resize with a plain write (feather 0) or the feathered blend
@@ -138,23 +143,6 @@ def to_generator_input(const u8[:, :, :] roi, float[:, :, ::1] out, Py_ssize_t m
         _to_input(&roi[0, 0, 0], pitch, h, w, &out[0, 0, 0], mask_y0, mask_y1, mask_x0, mask_x1)
 
 
-cdef void _from_output(const float *pred, Py_ssize_t h, Py_ssize_t w, u8 *dst,
-                       Py_ssize_t pitch) noexcept nogil:
-    cdef Py_ssize_t plane = h * w, y, x, c
-    cdef const float *p
-    cdef u8 *row
-    cdef float v
-    for y in range(h):
-        row = dst + y * pitch
-        for c in range(3):
-            p = pred + c * plane + y * w
-            for x in range(w):
-                v = p[x] * <float>255.0
-                # truncation, as numpy's astype(uint8) after ``* 255`` (docs/semantics.md §6.1);
-                # clamped so out-of-range or NaN values cannot wrap around
-                row[3 * x + c] = <u8>v if v > 0 and v < 256 else (255 if v >= 256 else 0)
-
-
 def from_generator_output(const float[:, :, ::1] pred, u8[:, :, :] out):
     """pred (3, H, W) float32 in [0, 1] -> out (H, W, 3) uint8 = trunc(pred * 255), HWC."""
     cdef Py_ssize_t pitch = _pitch(out, "out"), h = out.shape[0], w = out.shape[1]
@@ -164,7 +152,7 @@ def from_generator_output(const float[:, :, ::1] pred, u8[:, :, :] out):
     if h == 0 or w == 0:
         return
     with nogil:
-        _from_output(&pred[0, 0, 0], h, w, &out[0, 0, 0], pitch)
+        fc_from_output(&pred[0, 0, 0], h, w, &out[0, 0, 0], pitch)
 
 
 # ---------------------------------------------------------------- bicubic resize (INTER_CUBIC)
