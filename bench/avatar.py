@@ -60,7 +60,7 @@ for k in av.order(2 * len(av)):
     av.frame(k); av.crop(k)
 elapsed = time.perf_counter() - t
 print(base, hwm_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, elapsed,
-      av._cache.nbytes / 2**20)
+      av.cached_bytes / 2**20)
 """
 
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         misses, misses_cpu, frame_only, crop_only = [], [], [], []
         rng = np.random.default_rng(0)
         for k in rng.choice(len(av), size=min(len(av), 4 * args.repeats), replace=False):
-            av._cache.clear()
+            av.clear_cache()
             c = time.thread_time()
             t = time.perf_counter()
             av.frame(int(k))

@@ -108,7 +108,7 @@ def test_feature_table_rule_and_laziness():
     full = FeatureTable.from_windows(windows, encode)
     assert len(full) == n + 2 and full.frames == range(0, n + 2)
     out = np.empty((16, d), np.float32)
-    for j in (0, 1, 7, 8, 9, n - 1, n, n + 1):
+    for j in (0, 1, 7, 8, 9, 10, 75, n - 8, n - 7, n - 6, n - 1, n, n + 1):   # both sides of the slice path
         full.window(j, out)
         for r in range(16):
             row = j - 8 + r

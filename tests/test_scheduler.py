@@ -32,38 +32,47 @@ class Step:
 
 
 class Features:
+    """Writes frame j's number as its audio; remembers which frames are completely filled (the
+    scheduler writes the audio window after the template input)."""
+
+    def __init__(self):
+        self.done: set[int] = set()
+
     def window(self, j, out):
         out[...] = j
+        self.done.add(j)
 
 
 class SlowSession:
-    """Waits, while it runs a batch, until the next batch has been filled (or 0.5 s pass)."""
+    """Waits, while it runs a batch, until every frame of the next batch has been filled (or
+    0.5 s pass), and records whether that happened while it ran."""
 
-    def __init__(self, step, batch):
-        self.step, self.batch, self.saw_next_filled = step, batch, []
+    def __init__(self, features, batch, last):
+        self.features, self.batch, self.last, self.saw_next_filled = features, batch, last, []
 
     def run(self, feeds):
-        done_before = len(self.step.filled)
+        following = range(int(feeds["audio"][-1, 0, 0]) + 1, min(int(feeds["audio"][-1, 0, 0]) + 1 + self.batch,
+                                                                   self.last + 1))
         deadline = time.monotonic() + 0.5
-        while len(self.step.filled) < done_before + self.batch and time.monotonic() < deadline:
+        while not self.features.done.issuperset(following) and time.monotonic() < deadline:
             time.sleep(0.001)
-        self.saw_next_filled.append(len(self.step.filled) > done_before)
+        self.saw_next_filled.append(self.features.done.issuperset(following) and len(following) > 0)
         return feeds["input"][:, :3].copy()
 
 
 @pytest.mark.parametrize("batch, workers", [(1, 1), (3, 2), (4, 1)])
 def test_batch_k_plus_1_is_filled_while_batch_k_runs_and_frames_stay_in_order(batch, workers):
-    step = Step()
-    session = SlowSession(step, batch)
+    step, features = Step(), Features()
     jobs = range(0, 13)
+    session = SlowSession(features, batch, jobs[-1])
     order = [(j * 7) % 5 for j in jobs]
     with ThreadPoolExecutor(workers) as pool:
-        sched = FrameScheduler([session], step, Features(), order, jobs, batch=batch, workers=workers,
+        sched = FrameScheduler([session], step, features, order, jobs, batch=batch, workers=workers,
                                audio_shape=AUDIO_SHAPE, executor=pool)
         frames = list(sched)
     assert [f.index for f in frames] == list(jobs)
     assert [int(f.image[0, 0, 0]) for f in frames] == order          # each frame got its own output
-    # every batch but the last ran while the pool filled the one after it
+    # while every batch but the last ran, the pool had filled (or was filling) the one after it
     assert all(session.saw_next_filled[:-1]) and len(session.saw_next_filled) == -(-len(jobs) // batch)
 
 
@@ -75,7 +84,8 @@ def test_a_fill_error_surfaces_in_the_caller():
             super().fill(k, out)
 
     step = Broken()
-    sched = FrameScheduler([SlowSession(step, 1)], step, Features(), [0, 1, 2, 3, 4], range(5), batch=1,
+    features = Features()
+    sched = FrameScheduler([SlowSession(features, 1, 4)], step, features, [0, 1, 2, 3, 4], range(5), batch=1,
                            workers=1, audio_shape=AUDIO_SHAPE)
     with pytest.raises(ValueError, match="bad template 3"):
         list(sched)

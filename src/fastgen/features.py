@@ -115,6 +115,13 @@ class FeatureTable:
 
     def window(self, j: int, out: np.ndarray) -> None:
         """Write frame j's audio tensor (16 rows, any shape of that size) into ``out``."""
+        first = j - FEATURE_CONTEXT - 1         # the window of row j - 8, unclamped
+        if first >= 0 and first + 2 * FEATURE_CONTEXT <= self.n_windows:
+            # away from the clip's ends the rows are 16 consecutive windows: one slice copy
+            if self._windows is not None:
+                self._ensure(first + 2 * FEATURE_CONTEXT)
+            out.reshape(2 * FEATURE_CONTEXT, -1)[:] = self._emb[first:first + 2 * FEATURE_CONTEXT]
+            return
         valid, need = window_rows(j, self.n_windows)
         if self._windows is not None and need.size:
             self._ensure(int(need.max()) + 1)

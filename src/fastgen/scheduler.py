@@ -2,17 +2,20 @@
 
 Data flow (one direction)::
 
-    [infer thread per session]  claim batch k+1 (frame numbers, in order) and hand its input
-                                filling to the pool, then session.run batch k (no GIL)
-    [worker pool]               fill inputs of the next batch; FrameStep.patch: output -> the
-                                pasted pixels of the face box (and, when the sink shares the
-                                pool, its encodes)
+    [infer thread per session]  claim the next batches (frame numbers, in order) and hand the
+                                filling of each of their frames to the pool, then session.run
+                                batch k (no GIL)
+    [worker pool]               fill inputs of the batches ahead, one task a frame;
+                                FrameStep.patch: output -> the pasted pixels of the face box (and,
+                                when the sink shares the pool, its encodes)
     [caller]                    lazy Frame objects in order, from futures keyed by frame number
 
 One pool of ``workers`` threads does all per-frame work, so ``workers`` is the number of cores the
 frame path uses; a sink given the same ``executor`` encodes on it too.  While a session runs
-batch k, the pool fills batch k+1 into the session's second buffer, so a fast backend never
-waits for its inputs.
+batch k, the pool fills the batches after it (up to ``workers`` of them, each frame its own task,
+into the session's spare input buffers), so a fast backend never waits for its inputs and the
+fills of one batch run on every worker at once.  (Filling one batch ahead as one task capped the
+null-model frame path at one fill at a time: 1 / 0.6 ms, whatever the workers.)
 
 At most ``depth`` frames are in flight.  Permits are taken in frame order, so the oldest frame
 always holds one and the ring cannot deadlock; memory stays flat however long the audio is.  Any
@@ -22,6 +25,7 @@ stops the threads promptly.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
@@ -48,7 +52,8 @@ class FrameScheduler:
         self.sessions, self.step, self.features = list(sessions), step, features
         self.order, self.jobs = order, jobs
         self.batch, self.workers, self.audio_shape = int(batch), int(workers), tuple(audio_shape)
-        self.depth = max(2 * self.batch * len(self.sessions), self.batch * len(self.sessions) + 2 * self.workers)
+        self.ahead = max(1, self.workers)     # batches filled ahead of the running one, per session
+        self.depth = self.batch * len(self.sessions) * (self.ahead + 1) + 2 * self.workers
         self.permits = threading.Semaphore(self.depth)
         self.claim_lock = threading.Lock()        # permits are taken in frame order under it
         self.ready = threading.Condition()        # guards futures, error, finished_threads
@@ -68,47 +73,64 @@ class FrameScheduler:
                 return True
         return False
 
-    def _claim(self) -> list[int]:
+    def _claim(self, wait: bool = True) -> list[int]:
+        """The next batch of frame numbers, with a permit each.  ``wait=False`` (a batch beyond
+        the one the session needs next) takes a batch only if its permits are free now, so an
+        infer thread never blocks on permits that its own unrun batches hold."""
         with self.claim_lock:
-            claimed = []
+            claimed: list[int] = []
             while len(claimed) < self.batch and self.next_job < self.jobs.stop:
-                if not self._acquire():
+                if not (self._acquire() if wait else self.permits.acquire(blocking=False)):
                     break
                 claimed.append(self.next_job)
                 self.next_job += 1
+            if not wait and len(claimed) < min(self.batch, len(claimed) + self.jobs.stop - self.next_job):
+                for _ in claimed:           # not a whole batch: give it back for later
+                    self.permits.release()
+                self.next_job -= len(claimed)
+                return []
             return claimed
 
-    def _fill(self, claimed: list[int], inputs: np.ndarray, audio: np.ndarray) -> list[int]:
-        for i, j in enumerate(claimed):
-            self.step.fill(self.order[j], inputs[i])
-            self.features.window(j, audio[i])
-        return claimed
+    def _fill_one(self, j: int, inputs: np.ndarray, audio: np.ndarray) -> None:
+        self.step.fill(self.order[j], inputs)
+        self.features.window(j, audio)
 
     def _finish(self, j: int, pred: np.ndarray) -> Frame:
         return self.step.frame(j, frame_time(j), self.order[j], pred)
 
     def _infer(self, session: Session, pool: Executor) -> None:
         try:
-            # two input buffers: the pool fills one while the session reads the other
-            buffers = [(np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32),
-                        np.empty((self.batch, *self.audio_shape), np.float32)) for _ in range(2)]
-            claimed = self._claim()
-            ahead = pool.submit(self._fill, claimed, *buffers[0]) if claimed else None
-            slot = 0
-            while ahead is not None and not self.stop.is_set():
-                claimed = ahead.result()
-                inputs, audio = buffers[slot]
-                following = self._claim()
-                ahead = pool.submit(self._fill, following, *buffers[1 - slot]) if following else None
+            # input buffers: the pool fills the spare ones while the session reads one
+            spare = [(np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32),
+                      np.empty((self.batch, *self.audio_shape), np.float32)) for _ in range(self.ahead + 1)]
+            queued: deque = deque()        # (frames, inputs, audio, fill futures), in frame order
+
+            def top_up() -> None:
+                while spare and not self.stop.is_set():
+                    claimed = self._claim(wait=not queued)
+                    if not claimed:
+                        return
+                    inputs, audio = spare.pop()
+                    fills = [pool.submit(self._fill_one, j, inputs[i], audio[i]) for i, j in enumerate(claimed)]
+                    queued.append((claimed, inputs, audio, fills))
+
+            top_up()
+            while queued and not self.stop.is_set():
+                claimed, inputs, audio, fills = queued.popleft()
+                for fill in fills:
+                    fill.result()
+                top_up()
                 n = len(claimed)
                 pred = session.run({"input": inputs[:n], "audio": audio[:n]})
+                spare.append((inputs, audio))
                 with self.ready:
                     for i, j in enumerate(claimed):
                         self.futures[j] = pool.submit(self._finish, j, pred[i])
                     self.ready.notify_all()
-                slot = 1 - slot
-            if ahead is not None:
-                ahead.result()        # raises a fill error; otherwise the claimed frames are dropped
+                top_up()
+            for _, _, _, fills in queued:
+                for fill in fills:
+                    fill.result()     # raises a fill error; otherwise the claimed frames are dropped
         except BaseException as exc:  # surfaces in the caller, which re-raises it
             with self.ready:
                 self.error = self.error or exc

@@ -20,7 +20,7 @@ from ..models.locate import ModelFiles, find_models, resolve_models
 from ..splice import TileGrid, decode_region, split
 from .layouts import Box, FileTemplates, read_layout
 from .pack import MANIFEST, PackTemplate, PackTemplates, read_pack, write_pack
-from .templates import DEFAULT_CACHE_MB, TemplateCache, compute_crop, decode_frame, template_order
+from .templates import DEFAULT_CACHE_MB, PATCH_CACHE_MB, TemplateCache, compute_crop, decode_frame, template_order
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -28,20 +28,22 @@ PathLike = Union[str, "os.PathLike[str]"]
 class Avatar:
     """The templates of one avatar: frames, crop boxes, 328x328 crops, order and models.
 
-    Use :meth:`open`.  ``frame(k)`` / ``crop(k)`` return read-only uint8 BGR arrays from a shared,
-    thread-safe LRU cache (``cache_mb`` at open); copy them before writing.
+    Use :meth:`open`.  ``frame(k)`` / ``crop(k)`` / ``region(...)`` return read-only uint8 BGR
+    arrays from shared, thread-safe LRU caches (``cache_mb`` for whole frames, ``patch_cache_mb``
+    for crops and face regions, at open); copy them before writing.
     """
 
     def __init__(self, path: Path, layout: str, boxes: np.ndarray, frame_size: tuple[int, int],
                  templates, models: ModelFiles, cache_bytes: int, manifest: Optional[dict] = None,
-                 source: Optional[dict] = None):
+                 source: Optional[dict] = None, patch_bytes: int = PATCH_CACHE_MB << 20):
         self.path = path
         self.layout = layout                  # "dataset", "package" or "pack"
         self._boxes = boxes
         self._boxes.flags.writeable = False
         self.frame_size = frame_size          # (width, height)
         self._templates = templates
-        self._cache = TemplateCache(cache_bytes)
+        self._cache = TemplateCache(cache_bytes)         # whole frames
+        self._patches = TemplateCache(patch_bytes)       # crops and face regions
         self._grids: dict[int, Optional[TileGrid]] = {}
         self.generator_path = models.generator
         self.audio_encoder_path = models.audio_encoder
@@ -55,11 +57,13 @@ class Avatar:
     @classmethod
     def open(cls, path: PathLike, *, generator: Optional[PathLike] = None,
              audio_encoder: Optional[PathLike] = None, mode: Optional[str] = None,
-             cache_mb: float = DEFAULT_CACHE_MB) -> "Avatar":
+             cache_mb: float = DEFAULT_CACHE_MB, patch_cache_mb: float = PATCH_CACHE_MB) -> "Avatar":
         """Open a SyncTalk_2D dataset directory, an exported ONNX package or a fastgen pack.
 
         ``generator`` / ``audio_encoder`` (``.onnx`` or ``.pth``) override the models found in the
         layout; ``mode`` is the generator's audio mode for ``.pth`` checkpoints (default ``ave``).
+        ``cache_mb`` bounds the decoded whole frames kept, ``patch_cache_mb`` the crops and face
+        regions (:data:`fastgen.avatar.templates.PATCH_CACHE_MB`).
         """
         root = Path(path)
         if not root.exists():
@@ -68,8 +72,9 @@ class Avatar:
             raise AvatarError(f"{root}: not a directory (an avatar is a SyncTalk_2D dataset, an "
                               "exported package or a fastgen pack directory)")
         cache_bytes = int(cache_mb * (1 << 20))
+        patch_bytes = int(patch_cache_mb * (1 << 20))
         if (root / MANIFEST).is_file():
-            return cls._open_pack(root, generator, audio_encoder, mode, cache_bytes)
+            return cls._open_pack(root, generator, audio_encoder, mode, cache_bytes, patch_bytes)
         if (root / "full_body_img").exists() or (root / "landmarks").exists():
             package = any((root / p).exists() for p in
                           ("cache/crop_rectangles.json", "models/generator.onnx", "package_info.json"))
@@ -77,14 +82,15 @@ class Avatar:
             found_gen, found_enc = find_models(root)
             models = resolve_models(generator or found_gen, audio_encoder or found_enc, mode)
             return cls(root, facts["layout"], boxes, tuple(facts["frame_size"]), FileTemplates(files),
-                       models, cache_bytes, source=facts)
+                       models, cache_bytes, source=facts, patch_bytes=patch_bytes)
         if not any(root.iterdir()):
             raise AvatarError(f"{root}: empty directory, not an avatar")
         raise AvatarError(f"{root}: not an avatar: no full_body_img/ + landmarks/ (SyncTalk_2D dataset "
                           f"or exported package) and no {MANIFEST} (fastgen pack)")
 
     @classmethod
-    def _open_pack(cls, root: Path, generator, audio_encoder, mode, cache_bytes: int) -> "Avatar":
+    def _open_pack(cls, root: Path, generator, audio_encoder, mode, cache_bytes: int,
+                   patch_bytes: int) -> "Avatar":
         manifest, index, crops_offset = read_pack(root)
         listed = {kind: (root / name if name else None) for kind, name in manifest["models"].items()}
         if generator is None and audio_encoder is None:
@@ -96,7 +102,7 @@ class Avatar:
         width, height = manifest["frame_size"]
         return cls(root, "pack", np.ascontiguousarray(index["box"]), (int(width), int(height)),
                    PackTemplates(root, index, crops_offset), models, cache_bytes,
-                   manifest=manifest, source=manifest.get("source"))
+                   manifest=manifest, source=manifest.get("source"), patch_bytes=patch_bytes)
 
     # ---- templates
 
@@ -132,8 +138,8 @@ class Avatar:
         """Template ``k``'s 328x328 crop, uint8 BGR, read-only: bicubic resize of the box region."""
         k = self._check_index(k)
         if self._templates.crop is not None:
-            return self._cache.get(("crop", k), lambda: self._templates.crop(k))
-        return self._cache.get(("crop", k), lambda: compute_crop(self.frame(k), self._boxes[k]))
+            return self._patches.get(("crop", k), lambda: self._templates.crop(k))
+        return self._patches.get(("crop", k), lambda: compute_crop(self.frame(k), self._boxes[k]))
 
     def region(self, k: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
         """Pixels ``[y0:y1, x0:x1]`` of template ``k``'s frame, read-only.
@@ -154,8 +160,8 @@ class Avatar:
         if grid is None:
             return self.frame(k)[y0:y1, x0:x1] if whole is None else whole[y0:y1, x0:x1]
         ax0, ay0, ax1, ay1 = grid.aligned(x0, y0, x1, y1)
-        tiles = self._cache.get(("region", k, ax0, ay0, ax1, ay1),
-                                lambda: self._decode_region(k, ax0, ay0, ax1, ay1))
+        tiles = self._patches.get(("region", k, ax0, ay0, ax1, ay1),
+                                  lambda: self._decode_region(k, ax0, ay0, ax1, ay1))
         return tiles[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
 
     def rows(self, k: int, y0: int, y1: int) -> np.ndarray:
@@ -234,8 +240,18 @@ class Avatar:
             if self.layout == "pack":
                 self._templates.crop(k)
 
-    def close(self) -> None:
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes held by the frame and patch caches together."""
+        return self._cache.nbytes + self._patches.nbytes
+
+    def clear_cache(self) -> None:
+        """Drop every decoded frame, crop and region (benchmarks measure misses this way)."""
         self._cache.clear()
+        self._patches.clear()
+
+    def close(self) -> None:
+        self.clear_cache()
         self._templates.close()
 
     def __enter__(self) -> "Avatar":
@@ -253,7 +269,8 @@ def prepare(source: PathLike, dest: PathLike, *, generator: Optional[PathLike] =
     lossy pre-cut JPEGs); crops are recomputed from them.  The models must be present (in the
     layout or given here): a pack is meant to be runnable as is.
     """
-    src = Avatar.open(source, generator=generator, audio_encoder=audio_encoder, mode=mode, cache_mb=0)
+    src = Avatar.open(source, generator=generator, audio_encoder=audio_encoder, mode=mode, cache_mb=0,
+                      patch_cache_mb=0)
     try:
         if src.generator_path is None:
             raise AvatarError(f"{src.path}: no generator model found in the avatar; pass --generator "
