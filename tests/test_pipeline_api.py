@@ -177,3 +177,30 @@ def test_public_api_is_listed_and_demo_works_after_plain_import():
     code = ("import fastgen, pydoc; a = fastgen.demo.audio(1.0); assert a.shape == (16000,); "
             "text = pydoc.render_doc(fastgen); assert 'Generator' in text and 'Frame' in text")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_jpeg_sink_on_a_shared_pool_writes_in_order_and_leaves_nothing_on_failure(tmp_path):
+    """With an executor, each frame is encoded and written by a pool task; progress stays in
+    frame order, and a failing frame source leaves neither the output nor a temporary folder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(9)]
+    seen = []
+    with ThreadPoolExecutor(2) as pool:
+        sink = JpegDirectory(tmp_path / "ok", 90, workers=2, executor=pool)
+        n = sink.write((Frame(i, i / 25, im) for i, im in enumerate(images)), total=9,
+                       progress=lambda done, total: seen.append(done))
+        assert n == 9 and seen == list(range(1, 10))
+        for i, im in enumerate(images, 1):
+            assert (tmp_path / "ok" / f"frame_{i:05d}.jpg").read_bytes() == JpegDirectory.encode_image(im, 90)
+
+        def failing():
+            for i, im in enumerate(images):
+                if i == 6:
+                    raise RuntimeError("the source broke at frame 6")
+                yield Frame(i, i / 25, im)
+
+        with pytest.raises(RuntimeError, match="frame 6"):
+            JpegDirectory(tmp_path / "broken", 90, workers=2, executor=pool).write(failing())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
