@@ -147,6 +147,7 @@ BASELINE_CHECK = textwrap.dedent("""
     np.save(sys.argv[3], frame)
     np.save(sys.argv[4], image.resize_bicubic(crop, 182, 182))
     np.save(sys.argv[6], image.from_generator_output(np.load(sys.argv[5])))
+    np.save(sys.argv[7], image.to_generator_input(crop[4:324, 3:321]))
     print(resize_build(), worst)
 """)
 
@@ -156,7 +157,8 @@ def test_baseline_build_matches_opencv(tmp_path, rng):
     level of OpenCV, and its feathered paste is exactly §6.4 applied to its own resize."""
     frame = rng.integers(0, 256, (240, 300, 3), dtype=np.uint8)
     crop = natural_image(328, 328, seed=9)
-    paths = [tmp_path / f"{n}.npy" for n in ("frame", "crop", "out", "patch", "pred", "pred_u8")]
+    paths = [tmp_path / f"{n}.npy" for n in ("frame", "crop", "out", "patch", "pred", "pred_u8",
+                                                 "input")]
     np.save(paths[0], frame)
     np.save(paths[1], crop)
     pred = rng.random((3, 37, 41), dtype=np.float32) * 1.2 - 0.1      # out of range on both sides
@@ -174,6 +176,7 @@ def test_baseline_build_matches_opencv(tmp_path, rng):
     # the scalar conversion: exactly what the AVX2 build (run in this process) writes
     np.testing.assert_array_equal(np.load(paths[5]), image.from_generator_output(pred))
     assert np.load(paths[5])[0, :4, 0].tolist() == [0, 255, 0, 255]
+    np.testing.assert_array_equal(np.load(paths[6]), image.to_generator_input(crop[4:324, 3:321]))
 
 
 def test_fast_and_exact_paths_differ_only_near_ties():

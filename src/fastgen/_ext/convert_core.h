@@ -1,5 +1,13 @@
-/* Generator output (3 planes of float32 in [0, 1]) -> interleaved uint8 BGR rows, for
- * fastgen._ext.image.from_generator_output (docs/semantics.md §6.1).
+/* The generator's tensors <-> uint8 BGR pixels, for fastgen._ext.image:
+ *
+ * fc_to_input: a BGR ROI -> the 6-plane input [B G R, masked B G R] = value / 255.0f
+ * (docs/semantics.md §5), the mouth rectangle of the masked planes zero.  Each row is converted
+ * once and copied into the masked planes around the rectangle (no whole-plane memcpy and memset
+ * over it).  The x86-64-v3 build deinterleaves 16 pixels with 3 PSHUFB a channel and divides
+ * in float32 (_mm256_div_ps rounds like the scalar division: bit-identical).
+ *
+ * fc_from_output: generator output (3 planes of float32 in [0, 1]) -> interleaved uint8 BGR
+ * rows (docs/semantics.md §6.1).
  *
  * Each value is trunc(clamp(v * 255, 0, 255)), which is numpy's astype(uint8) after "* 255" for
  * values in range, with out-of-range values saturated and NaN written as 0 (max(NaN, 0) = 0 in
@@ -34,6 +42,88 @@ static void fc_from_output_base(const float *pred, ptrdiff_t h, ptrdiff_t w, uin
             row[3 * x + 2] = fc_byte(r[x]);
         }
     }
+}
+
+/* Row y of the masked planes: the unmasked row, with [mx0, mx1) zero on the mask's rows. */
+static inline void fc_masked_row(const float *src, float *dst, ptrdiff_t w, ptrdiff_t y, ptrdiff_t my0,
+                                 ptrdiff_t my1, ptrdiff_t mx0, ptrdiff_t mx1) {
+    if (y < my0 || y >= my1 || mx0 >= mx1) {
+        memcpy(dst, src, (size_t)w * sizeof(float));
+        return;
+    }
+    memcpy(dst, src, (size_t)mx0 * sizeof(float));
+    memset(dst + mx0, 0, (size_t)(mx1 - mx0) * sizeof(float));
+    memcpy(dst + mx1, src + mx1, (size_t)(w - mx1) * sizeof(float));
+}
+
+static void fc_to_input_base(const uint8_t *src, ptrdiff_t pitch, ptrdiff_t h, ptrdiff_t w, float *out,
+                             ptrdiff_t my0, ptrdiff_t my1, ptrdiff_t mx0, ptrdiff_t mx1) {
+    const ptrdiff_t plane = h * w;
+    for (ptrdiff_t y = 0; y < h; y++) {
+        const uint8_t *row = src + y * pitch;
+        float *p = out + y * w;
+        for (int c = 0; c < 3; c++) {
+            float *d = p + c * plane;
+            for (ptrdiff_t x = 0; x < w; x++) d[x] = (float)row[3 * x + c] / 255.0f;
+            fc_masked_row(d, d + 3 * plane, w, y, my0, my1, mx0, mx1);
+        }
+    }
+}
+
+#ifdef FR_X86_V3
+__attribute__((target("arch=x86-64-v3")))
+static inline void fc_store_div255(float *d, __m128i bytes) {
+    const __m256 k = _mm256_set1_ps(255.0f);
+    __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+    __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
+    _mm256_storeu_ps(d, _mm256_div_ps(lo, k));
+    _mm256_storeu_ps(d + 8, _mm256_div_ps(hi, k));
+}
+
+__attribute__((target("arch=x86-64-v3")))
+static void fc_to_input_v3(const uint8_t *src, ptrdiff_t pitch, ptrdiff_t h, ptrdiff_t w, float *out,
+                           ptrdiff_t my0, ptrdiff_t my1, ptrdiff_t mx0, ptrdiff_t mx1) {
+    /* channel c's byte i of 16 pixels sits in input chunk q = (3 i + c) / 16 at (3 i + c) % 16:
+     * mask m[c][q] moves it there from chunk q, -128 writes zero */
+    signed char m[3][3][16];
+    for (int c = 0; c < 3; c++)
+        for (int q = 0; q < 3; q++)
+            for (int i = 0; i < 16; i++)
+                m[c][q][i] = (signed char)((3 * i + c) / 16 == q ? (3 * i + c) % 16 : -128);
+    __m128i mask[3][3];
+    for (int c = 0; c < 3; c++)
+        for (int q = 0; q < 3; q++) mask[c][q] = _mm_loadu_si128((const __m128i *)m[c][q]);
+    const ptrdiff_t plane = h * w;
+    for (ptrdiff_t y = 0; y < h; y++) {
+        const uint8_t *row = src + y * pitch;
+        float *p = out + y * w;
+        ptrdiff_t x = 0;
+        for (; x + 16 <= w; x += 16) {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(row + 3 * x));
+            const __m128i b = _mm_loadu_si128((const __m128i *)(row + 3 * x + 16));
+            const __m128i c2 = _mm_loadu_si128((const __m128i *)(row + 3 * x + 32));
+            for (int c = 0; c < 3; c++) {
+                __m128i v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(a, mask[c][0]), _mm_shuffle_epi8(b, mask[c][1])),
+                                         _mm_shuffle_epi8(c2, mask[c][2]));
+                fc_store_div255(p + c * plane + x, v);
+            }
+        }
+        for (; x < w; x++)
+            for (int c = 0; c < 3; c++) p[c * plane + x] = (float)row[3 * x + c] / 255.0f;
+        for (int c = 0; c < 3; c++) fc_masked_row(p + c * plane, p + (c + 3) * plane, w, y, my0, my1, mx0, mx1);
+    }
+}
+#endif
+
+static void fc_to_input(const uint8_t *src, ptrdiff_t pitch, ptrdiff_t h, ptrdiff_t w, float *out,
+                        ptrdiff_t my0, ptrdiff_t my1, ptrdiff_t mx0, ptrdiff_t mx1) {
+#ifdef FR_X86_V3
+    if (fr_detect_wide()) {
+        fc_to_input_v3(src, pitch, h, w, out, my0, my1, mx0, mx1);
+        return;
+    }
+#endif
+    fc_to_input_base(src, pitch, h, w, out, my0, my1, mx0, mx1);
 }
 
 #ifdef FR_X86_V3

@@ -11,14 +11,16 @@ from threading import Lock
 from libc.math cimport floor, nearbyintf
 from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
 
 ctypedef unsigned char u8
 
 cdef extern from "convert_core.h" nogil:
-    # generator output -> uint8 BGR: trunc(clamp(v * 255, 0, 255)), NaN -> 0; AVX2 build where
+    # generator output -> uint8 BGR: trunc(clamp(v * 255, 0, 255)), NaN -> 0; AVX2 builds where
     # the CPU has it (resize_core.h's detection)
     void fc_from_output(const float *pred, ptrdiff_t h, ptrdiff_t w, u8 *dst, ptrdiff_t pitch)
+    # ROI -> the 6-plane generator input, value / 255 (mouth rectangle of planes 3-5 zero)
+    void fc_to_input(const u8 *src, ptrdiff_t pitch, ptrdiff_t h, ptrdiff_t w, float *out,
+                     ptrdiff_t my0, ptrdiff_t my1, ptrdiff_t mx0, ptrdiff_t mx1)
 
 cdef extern from "resize_core.h" nogil:
     # the fast path (float32, SIMD, one build per ISA): a plan of taps and weights per size
@@ -75,12 +77,6 @@ cdef _ResizePlan _plan(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t d
     return plan
 
 
-cdef float _LUT[256]
-for _i in range(256):
-    # float32(i) / float32(255): the same rounding as numpy's ``uint8.astype(float32) / 255.0``
-    _LUT[_i] = <float>_i / <float>255.0
-
-
 cdef inline Py_ssize_t _pitch(const u8[:, :, :] img, str name) except -1:
     if img.shape[2] != 3:
         raise ValueError(f"{name}: expected 3 channels, got shape "
@@ -99,35 +95,6 @@ cdef inline Py_ssize_t _pitch(const u8[:, :, :] img, str name) except -1:
 
 # ---------------------------------------------------------------- generator input / output
 
-cdef void _to_input(const u8 *src, Py_ssize_t pitch, Py_ssize_t h, Py_ssize_t w, float *out,
-                    Py_ssize_t my0, Py_ssize_t my1, Py_ssize_t mx0, Py_ssize_t mx1) noexcept nogil:
-    # One output plane at a time: a single sequential write stream.  Writing the six planes
-    # row by row interleaved six streams whose addresses are a multiple of 4 KiB apart (320 x 320
-    # floats), which aliased in L1 and made two concurrent calls slower than one.
-    cdef Py_ssize_t plane = h * w, y, x, c
-    cdef float *b
-    cdef float *g
-    cdef float *r
-    cdef float *masked
-    cdef const u8 *row
-    for y in range(h):
-        row = src + y * pitch
-        b = out + y * w
-        g = b + plane
-        r = g + plane
-        for x in range(w):
-            b[x] = _LUT[row[3 * x]]
-            g[x] = _LUT[row[3 * x + 1]]
-            r[x] = _LUT[row[3 * x + 2]]
-    # the masked copy hides the mouth region (docs/semantics.md §5.4)
-    memcpy(out + 3 * plane, out, 3 * plane * sizeof(float))
-    if mx0 < mx1:
-        for c in range(3, 6):
-            masked = out + c * plane
-            for y in range(my0, my1):
-                memset(masked + y * w + mx0, 0, (mx1 - mx0) * sizeof(float))
-
-
 def to_generator_input(const u8[:, :, :] roi, float[:, :, ::1] out, Py_ssize_t mask_y0,
                        Py_ssize_t mask_y1, Py_ssize_t mask_x0, Py_ssize_t mask_x1):
     """roi (H, W, 3) uint8 -> out (6, H, W) float32: [roi B,G,R, masked B,G,R] / 255."""
@@ -140,7 +107,7 @@ def to_generator_input(const u8[:, :, :] roi, float[:, :, ::1] out, Py_ssize_t m
     mask_y0, mask_y1 = max(0, mask_y0), min(h, mask_y1)
     mask_x0, mask_x1 = max(0, mask_x0), min(w, mask_x1)
     with nogil:
-        _to_input(&roi[0, 0, 0], pitch, h, w, &out[0, 0, 0], mask_y0, mask_y1, mask_x0, mask_x1)
+        fc_to_input(&roi[0, 0, 0], pitch, h, w, &out[0, 0, 0], mask_y0, mask_y1, mask_x0, mask_x1)
 
 
 def from_generator_output(const float[:, :, ::1] pred, u8[:, :, :] out):
