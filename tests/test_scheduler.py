@@ -89,3 +89,52 @@ def test_a_fill_error_surfaces_in_the_caller():
                            workers=1, audio_shape=AUDIO_SHAPE)
     with pytest.raises(ValueError, match="bad template 3"):
         list(sched)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_two_sessions_and_a_slow_consumer_never_deadlock(seed):
+    """Permits run out while frames wait in a session's queue: a session holding unrun frames
+    must never wait for permits (those very frames may hold the ones it waits for), nor behind
+    another session that waits holding the claim lock.  Timings vary run to run, so many short
+    frames and several seeds; a deadlock shows as a timeout (it did, for both mistakes, in about
+    one run in four each)."""
+    import random
+
+    class Jittery:
+        def __init__(self, seed):
+            self.rng = random.Random(seed)
+
+        def run(self, feeds):
+            time.sleep(self.rng.random() * 0.002)
+            return feeds["input"][:, :3].copy()
+
+    class QuickStep(Step):
+        def fill(self, k, out):
+            out[0, 0, 0] = k
+
+    jobs = range(0, 400)
+    order = [j % 7 for j in jobs]
+    got: list = []
+    with ThreadPoolExecutor(1) as pool:
+        sched = FrameScheduler([Jittery(seed), Jittery(seed + 100)], QuickStep(), Features(), order, jobs,
+                               batch=1, workers=1, audio_shape=AUDIO_SHAPE, executor=pool)
+        # few permits, so they run out all the time (any number >= 1 must work: permits go out in
+        # frame order, so the oldest frame always holds one)
+        sched.depth, sched.permits = 3, threading.Semaphore(3)
+
+        def consume():
+            rng = random.Random(seed + 200)
+            for f in sched:
+                if rng.random() < 0.2:
+                    time.sleep(0.002)       # the caller (a sink) falls behind now and then
+                got.append(f.index)
+
+        t = threading.Thread(target=consume, daemon=True)
+        t.start()
+        t.join(30)
+        stuck = t.is_alive()
+        if stuck:
+            sched.stop.set()                # let the threads go, then fail
+            t.join(5)
+    assert not stuck, f"deadlock after {len(got)} of {len(jobs)} frames"
+    assert got == list(jobs)

@@ -52,8 +52,13 @@ class FrameScheduler:
         self.sessions, self.step, self.features = list(sessions), step, features
         self.order, self.jobs = order, jobs
         self.batch, self.workers, self.audio_shape = int(batch), int(workers), tuple(audio_shape)
-        self.ahead = max(1, self.workers)     # batches filled ahead of the running one, per session
-        self.depth = self.batch * len(self.sessions) * (self.ahead + 1) + 2 * self.workers
+        # batches filled ahead of the running one, per session: enough frames to give every worker
+        # a fill task, at most 4 batches of input buffers
+        self.ahead = max(1, min(4, -(-self.workers // self.batch)))
+        # frames in flight: per session the running batch, those ahead and one more whose frames
+        # may still await the caller (so the next claim rarely finds the permits taken), plus
+        # what the workers and the sink hold
+        self.depth = self.batch * len(self.sessions) * (self.ahead + 2) + 2 * self.workers
         self.permits = threading.Semaphore(self.depth)
         self.claim_lock = threading.Lock()        # permits are taken in frame order under it
         self.ready = threading.Condition()        # guards futures, error, finished_threads
@@ -74,10 +79,19 @@ class FrameScheduler:
         return False
 
     def _claim(self, wait: bool = True) -> list[int]:
-        """The next batch of frame numbers, with a permit each.  ``wait=False`` (a batch beyond
-        the one the session needs next) takes a batch only if its permits are free now, so an
-        infer thread never blocks on permits that its own unrun batches hold."""
-        with self.claim_lock:
+        """The next batch of frame numbers, with a permit each.
+
+        ``wait=True`` is for a session with no batch of its own waiting to run: it may block on
+        permits (holding ``claim_lock``, so permits go out in frame order).  ``wait=False`` (a
+        batch beyond the one the session runs next) never blocks, neither on permits nor on the
+        lock: a session holding unrun frames that waited for another one blocked on permits
+        those very frames hold would deadlock the render (seen with two sessions).
+        """
+        if wait:
+            self.claim_lock.acquire()
+        elif not self.claim_lock.acquire(blocking=False):
+            return []
+        try:
             claimed: list[int] = []
             while len(claimed) < self.batch and self.next_job < self.jobs.stop:
                 if not (self._acquire() if wait else self.permits.acquire(blocking=False)):
@@ -90,6 +104,8 @@ class FrameScheduler:
                 self.next_job -= len(claimed)
                 return []
             return claimed
+        finally:
+            self.claim_lock.release()
 
     def _fill_one(self, j: int, inputs: np.ndarray, audio: np.ndarray) -> None:
         self.step.fill(self.order[j], inputs)
@@ -105,21 +121,23 @@ class FrameScheduler:
                       np.empty((self.batch, *self.audio_shape), np.float32)) for _ in range(self.ahead + 1)]
             queued: deque = deque()        # (frames, inputs, audio, fill futures), in frame order
 
-            def top_up() -> None:
+            def top_up(holding: bool) -> None:
+                """Claim and start filling batches into the spare buffers.  Only a session that
+                holds no unrun frames (``holding`` False, nothing queued) may wait for permits."""
                 while spare and not self.stop.is_set():
-                    claimed = self._claim(wait=not queued)
+                    claimed = self._claim(wait=not holding and not queued)
                     if not claimed:
                         return
                     inputs, audio = spare.pop()
                     fills = [pool.submit(self._fill_one, j, inputs[i], audio[i]) for i, j in enumerate(claimed)]
                     queued.append((claimed, inputs, audio, fills))
 
-            top_up()
+            top_up(holding=False)
             while queued and not self.stop.is_set():
                 claimed, inputs, audio, fills = queued.popleft()
                 for fill in fills:
                     fill.result()
-                top_up()
+                top_up(holding=True)
                 n = len(claimed)
                 pred = session.run({"input": inputs[:n], "audio": audio[:n]})
                 spare.append((inputs, audio))
@@ -127,7 +145,7 @@ class FrameScheduler:
                     for i, j in enumerate(claimed):
                         self.futures[j] = pool.submit(self._finish, j, pred[i])
                     self.ready.notify_all()
-                top_up()
+                top_up(holding=False)
             for _, _, _, fills in queued:
                 for fill in fills:
                     fill.result()     # raises a fill error; otherwise the claimed frames are dropped
