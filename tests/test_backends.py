@@ -161,3 +161,36 @@ def test_openvino_fp16_runs_in_fp16(generator_info, feeds):
     assert out.shape == (2, 3, 320, 320) and np.isfinite(out).all() and 0 <= out.min() <= out.max() <= 1
     if choice_mod.native_fp16(cpu_flags()):       # elsewhere OpenVINO may run it in f32
         assert session.describe()["runtime_precision"].get("f16", 0) > 0
+
+
+CTRL_C_AFTER_OPENVINO = """
+import os, signal, sys, time
+import numpy as np
+from fastgen.runtime import open_session
+from fastgen.runtime.signal_stack import ROOMY_BYTES, SS_DISABLE, current
+from fastgen.models import inspect
+info = inspect(sys.argv[1], expect="generator")
+x = np.random.default_rng(0).random((1, 6, 320, 320), dtype=np.float32)
+a = np.zeros((1, *info.inputs["audio"]), np.float32)
+sessions = [open_session(info, backend="openvino", precision=p, threads=2) for p in ("bf16", "fp16", "fp32")]
+for s in sessions:                          # kept open, as a Generator keeps its sessions
+    s.run({"input": x, "audio": a})
+flags, size = current()
+assert flags & SS_DISABLE or size >= ROOMY_BYTES, (flags, size)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    print("interrupted cleanly")
+"""
+
+
+def test_ctrl_c_after_openvino_stops_the_process_cleanly(generator_info):
+    """OpenVINO leaves the compiling thread a ~20 KB alternate signal stack; with AMX state in the
+    signal frame a Ctrl-C then died with SIGSEGV (2-core Xeon with AMX).  The backend gives the
+    thread a roomy one: checked directly (where OpenVINO installs a stack at all), and end to end
+    in a fresh process (where the CPU has AMX this crashed before the fix)."""
+    res = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_OPENVINO, str(generator_info.path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "interrupted cleanly" in res.stdout, (res.returncode, res.stderr[-2000:])

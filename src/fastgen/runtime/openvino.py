@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError
 from ..models import ModelInfo
+from .signal_stack import ensure_roomy
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": None}   # int8: see hint()
 
@@ -101,4 +102,5 @@ def open_openvino(info: ModelInfo, *, threads: int, precision: str = "fp32", **_
     except Exception as exc:  # OpenVINO raises RuntimeError with multi-line text
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{info.path}: OpenVINO cannot compile the model ({first})") from None
+    ensure_roomy()        # OpenVINO left this thread a signal stack too small for AMX frames
     return OpenVinoSession(info=info, compiled=compiled, threads=int(threads), precision=precision)
