@@ -31,6 +31,7 @@ class JobResult:
     attempts: int = 1            # workers that started it (more than one after a worker died)
     worker: str = ""             # "local-0", or a Ray actor's name
     node: str = ""               # the Ray node id it ended on ("" locally)
+    engine: str = ""             # backend, precision, sessions x threads of the generator used
 
     @property
     def ok(self) -> bool:
@@ -41,7 +42,7 @@ class JobResult:
         return {"line": self.job.line, "avatar": self.job.avatar, "audio": self.job.audio,
                 "output": self.job.output, "status": self.status, "frames": self.frames,
                 "seconds": round(self.seconds, 3), "error": self.error, "attempts": self.attempts,
-                "worker": self.worker, "node": self.node}
+                "worker": self.worker, "node": self.node, "engine": self.engine}
 
 
 def one_line(exc: BaseException) -> str:

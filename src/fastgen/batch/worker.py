@@ -78,7 +78,9 @@ class JobRunner:
             gen = self.generator(job)
             start = time.perf_counter()
             summary = gen.render(job.audio, job.output, count=job.frames, jpeg_quality=job.jpeg_quality)
-            return JobResult(job, DONE, frames=int(summary["frames"]),
-                             seconds=time.perf_counter() - start, **facts)
+            cfg = gen.config
+            return JobResult(job, DONE, frames=int(summary["frames"]), seconds=time.perf_counter() - start,
+                             engine=f"{cfg.backend} {cfg.precision}, {cfg.sessions} session(s) x "
+                                    f"{cfg.threads} thread(s)", **facts)
         except Exception as exc:     # a bad job fails alone, with its reason; the batch goes on
             return JobResult(job, FAILED, error=one_line(exc), **facts)
