@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from ..atomic import discard_leftovers
+from ..errors import InputError
 from .dispatch import AvatarQueue, Pending
 from .report import FAILED, JobResult
 from .worker import JobRunner
@@ -52,6 +53,14 @@ def connect(address: Optional[str]) -> tuple:
     start = time.perf_counter()
     ray.init(address=address, log_to_driver=False, include_dashboard=False)
     return True, time.perf_counter() - start
+
+
+def check_fits(cpus_per_worker: float) -> None:
+    """An actor larger than every node would wait for its CPUs forever: say so instead."""
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if cpus_per_worker > largest:
+        raise InputError(f"cpus_per_worker={cpus_per_worker:g} is more than any node of this Ray "
+                         f"cluster has ({largest:g} CPUs)")
 
 
 def default_workers(cpus_per_worker: float) -> int:
@@ -109,6 +118,7 @@ def run_on_ray(jobs: list, *, address: Optional[str], workers: Optional[int], cp
 
 
 def _run(jobs, workers, cpus_per_worker, retries, add, timings, connect_s) -> list:
+    check_fits(cpus_per_worker)
     queue = AvatarQueue(jobs)
     results: list = [None] * len(jobs)
     pool = ActorPool(cpus_per_worker)
