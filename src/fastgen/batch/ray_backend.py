@@ -34,6 +34,8 @@ class RenderWorker:
     """A Ray actor around one :class:`JobRunner`: its generators stay loaded between jobs."""
 
     def __init__(self, name: str):
+        from .. import engine  # noqa: F401  (numpy, ONNX Runtime, PyAV: loaded while starting up)
+
         context = ray.get_runtime_context()
         cpus = context.get_assigned_resources().get("CPU", 1.0)
         self.runner = JobRunner(name, cores=max(1, int(cpus)), node=context.get_node_id())
@@ -107,7 +109,8 @@ def run_on_ray(jobs: list, *, address: Optional[str], workers: Optional[int], cp
     """Run ``jobs`` on Ray actors; ``add(result)`` as each ends; results in list order.
 
     ``timings`` (a dict), when given, receives ``connect_s`` (joining or starting Ray) and
-    ``first_actor_s`` (until the first actor was ready to work).
+    ``first_actor_s`` (until every first actor was started, with fastgen's libraries imported;
+    jobs are sent only then).
     """
     started_here, connect_s = connect(address)
     try:
