@@ -53,7 +53,11 @@ def connect(address: Optional[str]) -> tuple:
     if ray.is_initialized():
         return False, 0.0
     start = time.perf_counter()
-    ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    try:
+        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise InputError(f"cannot join Ray at --ray-address {address} ({first.strip()})") from None
     return True, time.perf_counter() - start
 
 
