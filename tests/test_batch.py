@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_jobs import (GOOD, JOBS, check_batch, check_resumed, leftovers, mtimes, output_of,
+from batch_jobs import (GOOD, JOBS, check_batch, check_resumed, mtimes, output_of,
                         write_inputs, write_job_list)
 from fastgen.atomic import building_dir, discard_leftovers, leftover_temporaries
 from fastgen.batch import Job, JobListError, read_jobs, render_many

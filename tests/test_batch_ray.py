@@ -49,7 +49,7 @@ def test_a_job_whose_actor_is_killed_mid_job_is_retried_elsewhere_with_one_compl
     from fastgen import Generator, demo
 
     sf.write(tmp_path / "long.wav", demo.audio(2.0, seed=5), 16000)
-    frames = 40
+    frames = 25
     jobs = [{"avatar": "demo", "audio": str(tmp_path / "long.wav"), "output": str(tmp_path / "out/long.mp4"),
              "frames": frames}]
     output = tmp_path / "out" / "long.mp4"

@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError
 from ..atomic import discard_leftovers
 from ..errors import InputError
 from .dispatch import AvatarQueue, Pending
-from .report import FAILED, JobResult
+from .report import FAILED, JobResult, one_line
 from .worker import JobRunner
 
 # environment a worker must share with the driver (where the demo avatar is cached)
@@ -136,7 +136,8 @@ def _run(jobs, workers, cpus_per_worker, retries, add, timings, connect_s) -> li
         pool.spawn()
     if timings is not None:
         timings["connect_s"] = round(connect_s, 3)
-        ray.get([h.cores.remote() for h in pool.actors.values()])
+        ready = [h.cores.remote() for h in pool.actors.values()]
+        ray.wait(ready, num_returns=len(ready))     # an actor that failed to start: see its job
         timings["first_actor_s"] = round(time.perf_counter() - start, 3)
 
     def feed_idle() -> None:
@@ -170,8 +171,8 @@ def _run(jobs, workers, cpus_per_worker, retries, add, timings, connect_s) -> li
                 if len(queue) and len(pool.actors) < size:
                     pool.spawn()        # keep the pool its size while work remains
             except Exception as exc:    # the call itself failed (e.g. a job that cannot be sent)
-                finish(item, JobResult(item.job, FAILED, error=f"{type(exc).__name__}: {exc}",
-                                       attempts=item.attempts, worker=name))
+                finish(item, JobResult(item.job, FAILED, error=one_line(exc), attempts=item.attempts,
+                                       worker=name))
             feed_idle()
     finally:
         pool.shutdown()
