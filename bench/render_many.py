@@ -14,6 +14,9 @@ rendered, from scratch each time (outputs removed, generators loaded again), by:
 
 Rounds are interleaved (local, ray, ray, local, ...) so that other load on the machine hits every
 variant alike; each reports min / median wall time and frames per second over ``--repeats``.
+``cpu_ms_per_frame_median`` is the CPU time the workers' processes spent inside the jobs
+(generator loads included) per frame: unlike wall time, other load on a shared machine does not
+inflate it, so ``ray_vs_local_cpu_per_frame`` is the steadier measure of Ray's cost per job.
 Every run includes loading the generators (and, on Ray, starting the actors), since a batch
 pays for both.  Ray's own start-up (``ray.init``) is reported apart, as ``ray_start_s``; so is
 each run's actor start (a worker process importing fastgen, numpy, ONNX Runtime), as
@@ -69,7 +72,8 @@ def timed_run(root: Path, jobs: Path, **options) -> dict:
     if bad:
         raise SystemExit(f"bench jobs failed: {bad[:3]}")
     frames = sum(r.frames for r in results)
-    return {"seconds": seconds, "frames": frames, "engines": sorted({r.engine for r in results})}
+    return {"seconds": seconds, "frames": frames, "engines": sorted({r.engine for r in results}),
+            "cpu_s": sum(r.cpu_seconds for r in results)}
 
 
 def summarize(runs: list) -> dict:
@@ -78,7 +82,10 @@ def summarize(runs: list) -> dict:
     out = {"frames": frames, "seconds_min": round(min(seconds), 3),
            "seconds_median": round(statistics.median(seconds), 3),
            "fps_best": round(frames / min(seconds), 2), "fps_median": round(frames / statistics.median(seconds), 2),
-           "seconds_all": [round(s, 3) for s in seconds], "engine": runs[0]["engines"]}
+           "seconds_all": [round(s, 3) for s in seconds], "engine": runs[0]["engines"],
+           # CPU per frame inside the jobs (generator loads included): what other load on the
+           # machine does not inflate, unlike wall time
+           "cpu_ms_per_frame_median": round(1000 * statistics.median(r["cpu_s"] for r in runs) / frames, 2)}
     if "actors_s" in runs[0]:
         # the same runs less their actors' start (process + imports), reported as start-up
         after = [r["seconds"] - r["actors_s"] for r in runs]
@@ -151,6 +158,9 @@ def main(argv=None) -> int:
                                   for name, r in results.items() if name != "local"},
         "ray_after_start_vs_local_fps_median": {
             name: round(r["fps_after_start_median"] / local["fps_median"], 3)
+            for name, r in results.items() if name != "local"},
+        "ray_vs_local_cpu_per_frame": {
+            name: round(r["cpu_ms_per_frame_median"] / local["cpu_ms_per_frame_median"], 3)
             for name, r in results.items() if name != "local"},
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -32,6 +32,9 @@ class JobResult:
     worker: str = ""             # "local-0", or a Ray actor's name
     node: str = ""               # the Ray node id it ended on ("" locally)
     engine: str = ""             # backend, precision, sessions x threads of the generator used
+    # CPU time of the worker's process over the job, loading its generator included (with
+    # several local workers in one process, their concurrent jobs are counted in each)
+    cpu_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -42,7 +45,8 @@ class JobResult:
         return {"line": self.job.line, "avatar": self.job.avatar, "audio": self.job.audio,
                 "output": self.job.output, "status": self.status, "frames": self.frames,
                 "seconds": round(self.seconds, 3), "error": self.error, "attempts": self.attempts,
-                "worker": self.worker, "node": self.node, "engine": self.engine}
+                "worker": self.worker, "node": self.node, "engine": self.engine,
+                "cpu_seconds": round(self.cpu_seconds, 3)}
 
 
 def one_line(exc: BaseException) -> str:

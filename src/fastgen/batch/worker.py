@@ -75,11 +75,13 @@ class JobRunner:
             # lists never give two jobs one output, so no live writer owns these
             discard_leftovers(Path(job.output))
             Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+            cpu = time.process_time()
             gen = self.generator(job)
             start = time.perf_counter()
             summary = gen.render(job.audio, job.output, count=job.frames, jpeg_quality=job.jpeg_quality)
             cfg = gen.config
             return JobResult(job, DONE, frames=int(summary["frames"]), seconds=time.perf_counter() - start,
+                             cpu_seconds=time.process_time() - cpu,
                              engine=f"{cfg.backend} {cfg.precision}, {cfg.sessions} session(s) x "
                                     f"{cfg.threads} thread(s)", **facts)
         except Exception as exc:     # a bad job fails alone, with its reason; the batch goes on
