@@ -19,15 +19,15 @@ def add_parser(subparsers) -> None:
                    "(pack, dataset or 'demo'), audio and output, and optionally blend, frames, "
                    "jpeg_quality, backend, precision; relative paths are from the list's folder")
     p.add_argument("--ray-address", metavar="ADDR", help="run on Ray: 'auto' (the cluster this node is "
-                   "in), 'local' (a new one-machine instance) or ray://HOST:PORT; needs fastgen[ray]")
-    p.add_argument("--workers", type=int, help="parallel workers: local threads sharing the cores "
+                   "in), HOST:6379, ray://HOST:10001, or 'local' (a new one-machine instance); needs fastgen[ray]")
+    p.add_argument("--workers", type=int, metavar="N", help="parallel workers: local threads sharing the cores "
                    "(default 1) or Ray actors (default: as many as the cluster's CPUs hold)")
-    p.add_argument("--cpus-per-worker", type=float, default=2.0,
+    p.add_argument("--cpus-per-worker", type=float, default=2.0, metavar="C",
                    help="CPUs each Ray actor reserves; its ONNX Runtime threads follow (default: 2)")
-    p.add_argument("--retries", type=int, default=2,
+    p.add_argument("--retries", type=int, default=2, metavar="K",
                    help="times a job is retried after its Ray worker died (default: 2)")
     p.add_argument("--report", metavar="FILE", help="write one JSON line per job (status, frames, "
-                   "seconds, error, attempts, worker, node)")
+                   "seconds, error, attempts, worker, node, engine, cpu_seconds)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, summary only on failure")
     p.set_defaults(func=command)
 
