@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
                    "(pack, dataset or 'demo'), audio and output, and optionally blend, frames, "
                    "jpeg_quality, backend, precision; relative paths are from the list's folder")
     p.add_argument("--ray-address", metavar="ADDR", help="run on Ray: 'auto' (the cluster this node is "
-                   "in), HOST:6379, ray://HOST:10001, or 'local' (a new one-machine instance); needs fastgen[ray]")
+                   "in), HOST:6379, ray://HOST:10001, or 'local' (a new one-machine instance); "
+                   "needs fastgen[ray]")
     p.add_argument("--workers", type=int, metavar="N", help="parallel workers: local threads sharing the cores "
                    "(default 1) or Ray actors (default: as many as the cluster's CPUs hold)")
     p.add_argument("--cpus-per-worker", type=float, default=2.0, metavar="C",

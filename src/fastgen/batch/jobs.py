@@ -219,7 +219,8 @@ def read_jobs(path: Union[str, "os.PathLike[str]"]) -> list:
     except IsADirectoryError:
         raise InputError(f"{path}: is a directory, not a job list") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the job list ({getattr(exc, 'strerror', None) or exc})") from None
+        reason = getattr(exc, "strerror", None) or exc
+        raise InputError(f"{path}: cannot read the job list ({reason})") from None
     return parse_jobs(text, fmt=list_format(path, text), where=str(path), base=path.parent)
 
 
