@@ -83,6 +83,11 @@ def test_a_job_whose_actor_is_killed_mid_job_is_retried_elsewhere_with_one_compl
 def test_a_job_is_failed_after_its_workers_died_retries_plus_one_times(ray_local, tmp_path, dataset, demo_env):
     """With --retries 0 a killed worker fails its job (with the reason) and the others still run."""
     jobs = write_job_list(tmp_path, dataset, names=("demo_a", "demo_b"))
+    # the first job long enough (25 frames, ~2 s on one CPU) for the kill to land inside it
+    lines = jobs.read_text().splitlines()
+    lines[0] = lines[0].replace(f'"frames": {FRAMES}', '"frames": 25')
+    assert '"frames": 25' in lines[0]
+    jobs.write_text("\n".join(lines) + "\n")
     kill_first = threading.Event()
 
     def killer():
