@@ -15,6 +15,9 @@ from batch_jobs import (GOOD, JOBS, check_batch, check_resumed, mtimes, output_o
 from fastgen.atomic import building_dir, discard_leftovers, leftover_temporaries
 from fastgen.batch import Job, JobListError, read_jobs, render_many
 from fastgen.batch.dispatch import AvatarQueue
+from fastgen.batch.local import cores_per_worker
+from fastgen.engine import choose_config
+from fastgen.runtime import default_threads
 from fastgen.cli import main
 from fastgen.errors import InputError
 
@@ -116,7 +119,11 @@ def test_local_batch_equals_single_process_renders_and_a_bad_job_fails_alone(
     assert bad["line"] == list(JOBS).index("bad") + 1 and "bad.wav" in bad["error"]
     assert {r["worker"] for r in report} <= {f"local-{i}" for i in range(workers)}
     done = [r for r in report if r["status"] == "done"]
-    assert all("session(s) x" in r["engine"] and r["frames"] > 0 for r in done)
+    # each local worker's generator is sized from its share of the cores
+    share = cores_per_worker(workers) or default_threads()
+    expected = choose_config(share, dynamic_batch=False)
+    assert all(r["engine"].endswith(f"{expected.sessions} session(s) x {expected.threads} thread(s)")
+               and r["frames"] > 0 for r in done), [r["engine"] for r in done]
 
 
 def test_a_local_rerun_skips_finished_jobs_and_redoes_interrupted_ones(tmp_path, dataset, demo_env, batch_refs):
