@@ -159,6 +159,11 @@ def main(argv=None) -> int:
         "ray_after_start_vs_local_fps_median": {
             name: round(r["fps_after_start_median"] / local["fps_median"], 3)
             for name, r in results.items() if name != "local"},
+        # round by round (the variants of one round ran back to back, under the same outside
+        # load): the median of local time / Ray time, the steadiest wall-clock ratio
+        "ray_vs_local_paired_median": {
+            name: round(statistics.median(a["seconds"] / b["seconds"] for a, b in zip(runs["local"], r)), 3)
+            for name, r in runs.items() if name != "local"},
         "ray_vs_local_cpu_per_frame": {
             name: round(r["cpu_ms_per_frame_median"] / local["cpu_ms_per_frame_median"], 3)
             for name, r in results.items() if name != "local"},
