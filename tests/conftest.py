@@ -67,3 +67,38 @@ def feeds():
 
     image, audio = generator_inputs(np.random.default_rng(3), 2, "ave")
     return {"input": image, "audio": audio}
+
+
+# --------------------------------------------------------------------------- batches (test_batch*.py)
+
+@pytest.fixture(scope="session")
+def batch_refs(tmp_path_factory, dataset, demo_cache) -> dict:
+    """The batch tests' jobs rendered one by one with ``Generator.render`` in this process."""
+    from batch_jobs import render_references
+
+    return render_references(tmp_path_factory.mktemp("batch-refs"), dataset, demo_cache)
+
+
+@pytest.fixture
+def demo_env(monkeypatch, demo_cache) -> Path:
+    """``FASTGEN_CACHE`` pointing at the session's demo cache (batch workers open ``demo`` there)."""
+    monkeypatch.setenv("FASTGEN_CACHE", str(demo_cache))
+    return demo_cache
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole run: 2 CPUs, as on this project's machines."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(ray_session):
+    """The session's Ray instance, started again if a test shut it down (the cluster test does)."""
+    if not ray_session.is_initialized():
+        ray_session.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray_session

@@ -16,7 +16,7 @@ stays cheap)::
     FastgenError    base of every user-facing error: InputError, ModelError, AvatarError
 
     submodules: audio, image, features, frame, scheduler, sinks, stream, runtime, timing,
-                avatar, models, demo, benchmarks, atomic
+                avatar, models, demo, benchmarks, atomic, batch (render_many: job lists, Ray)
 
 Example::
 
@@ -43,8 +43,8 @@ _LAZY = {
     "FrameStep": "frame", "FeatureTable": "features", "Stream": "stream",
     "JpegDirectory": "sinks", "Mp4File": "sinks", "VideoFile": "sinks", "open_session": "runtime",
 }
-_SUBMODULES = ("atomic", "audio", "avatar", "benchmarks", "cli", "console", "demo", "engine", "features",
-               "frame", "image", "models", "runtime", "scheduler", "sinks", "stream", "timing")
+_SUBMODULES = ("atomic", "audio", "avatar", "batch", "benchmarks", "cli", "console", "demo", "engine",
+               "features", "frame", "image", "models", "runtime", "scheduler", "sinks", "stream", "timing")
 
 __all__ = sorted(["AvatarError", "FastgenError", "InputError", "ModelError", "__version__",
                   *_LAZY, *_SUBMODULES])

@@ -3,6 +3,7 @@ place only when complete, so an interrupted run never leaves a half file or fold
 whole, and a previous output is replaced only by a finished one."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -24,17 +25,43 @@ def temp_dir_for(dest: Path) -> Path:
 
     mkdtemp makes it private (0700); the finished output gets the usual umask-based mode.
     """
-    path = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    path = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), dir=dest.parent))
     os.chmod(path, 0o777 & ~_umask())
     return path
 
 
 def temp_file_for(dest: Path) -> Path:
     """A fresh hidden file name next to ``dest`` (mode from the umask, not mkstemp's 0600)."""
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=dest.suffix, dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=dest.suffix, dir=dest.parent)
     os.close(fd)
     os.chmod(name, 0o666 & ~_umask())
     return Path(name)
+
+
+def temp_prefix(dest: Path) -> str:
+    """The name every temporary of ``dest`` starts with (files and folders alike)."""
+    return f".{Path(dest).name}.tmp-"
+
+
+def leftover_temporaries(dest: Path) -> list:
+    """Temporaries of ``dest`` still beside it: what a process killed mid-write left behind."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p for p in dest.parent.iterdir() if p.name.startswith(temp_prefix(dest)))
+
+
+def discard_leftovers(dest: Path) -> int:
+    """Remove :func:`leftover_temporaries` of ``dest`` (only safe when no other process is
+    writing ``dest``, e.g. before a batch retries a job its dead worker had started)."""
+    found = leftover_temporaries(dest)
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return len(found)
 
 
 def swap_into_place(tmp: Path, dest: Path) -> None:

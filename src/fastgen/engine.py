@@ -107,13 +107,15 @@ class Generator:
     patch edge so no box is visible.  ``backend`` / ``precision`` choose how the generator runs
     (:mod:`fastgen.runtime`): ``"auto"`` picks OpenVINO bf16 where the CPU has native bf16 and the
     check against fp32 passes on this model and avatar, else ONNX Runtime fp32; ``self.choice``
-    says what ran and why, ``self.fidelity`` holds the check's figures.
+    says what ran and why, ``self.fidelity`` holds the check's figures.  ``cores`` is how many
+    CPU cores this generator may use (default: every core the process may run on); threads,
+    sessions and the audio encoder's threads follow from it unless given.
     """
 
     def __init__(self, avatar, *, providers: Optional[Sequence[str]] = None,
                  threads: Optional[int] = None, batch: Optional[int] = None,
                  workers: Optional[int] = None, blend: str = "feather", sessions: Optional[int] = None,
-                 backend: str = "ort", precision: str = "fp32"):
+                 backend: str = "ort", precision: str = "fp32", cores: Optional[int] = None):
         from .avatar import Avatar
 
         self.avatar = avatar if isinstance(avatar, Avatar) else Avatar.open(avatar)
@@ -121,7 +123,8 @@ class Generator:
         if self.avatar.generator_path is None or self.avatar.audio_encoder_path is None:
             raise ModelError(f"{self.avatar.path}: no generator / audio encoder model (pass "
                              "generator= and audio_encoder= to Avatar.open)")
-        cores = default_threads()
+        # a process given a share of a machine (a Ray actor) names its cores; else all it may use
+        cores = max(1, int(cores)) if cores is not None else default_threads()
         self.generator_info = inspect(self.avatar.generator_path, expect="generator")
         self.encoder_info = inspect(self.avatar.audio_encoder_path, expect="audio_encoder")
         cfg = choose_config(cores, self.generator_info.dynamic_batch, sessions=sessions,
