@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the template face below this RMS level, dBFS (default: off)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_stream)
+
+    from .serve.command import add_parser as add_serve_parser   # light: aiohttp loads only when run
+    add_serve_parser(sub)
     return parser
 
 
