@@ -91,5 +91,5 @@ $("connect").onclick = () => connect().catch((err) => { fail(err); disconnect();
 $("disconnect").onclick = () => disconnect();
 $("file").onchange = (e) => { if (e.target.files[0]) speakFile(e.target.files[0]).catch(fail); e.target.value = ""; };
 $("stop").onclick = () => api(`/sessions/${session}/interrupt`, { method: "POST" }).then(() => say("stopped")).catch(fail);
-window.fastgen = { connect, disconnect, speakFile, session: () => session, api };   // for scripted tests
+window.fastgen = { connect, disconnect, speakFile, session: () => session, peer: () => pc, api };   // for scripted tests
 loadAvatars();
