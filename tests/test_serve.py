@@ -352,3 +352,62 @@ def test_loopback_two_sessions_speak_interrupt_and_errors(gen):
             assert health["sessions"] == 0
 
     asyncio.run(scenario())
+
+
+def test_microphone_voice_opens_an_utterance_silence_ends_it_and_is_not_echoed(gen):
+    scheduler = InferenceScheduler()
+    clock = FakeClock()
+    session = LiveSession("s3", "test", gen, Lane(scheduler, gen.sessions[0]), clock=clock)
+    try:
+        chunk = AUDIO_CHUNK
+        for _ in range(10):                                     # room noise: nothing happens
+            session.speak_mic(np.full(chunk, 1e-4, np.float32))
+        assert not session.speaking
+        voice = to_play_rate(speech_like(1.0, seed=8), 16000)
+        for i in range(0, len(voice), chunk):
+            session.speak_mic(voice[i:i + chunk])
+        assert session.speaking
+        for _ in range(int(0.7 * 48000 / chunk)):               # 0.7 s of silence ends it
+            session.speak_mic(np.zeros(chunk, np.float32))
+        clock.start()
+        session.video_frame(0)
+        wait_for(lambda: session.lane.generated > 0)
+        for n in range(1, 60):
+            session.video_frame(n)
+            assert not session.audio_chunk(n * TICK).any()          # the viewer's own voice is not played back
+            clock.t += 1 / 25
+    finally:
+        session.close()
+        scheduler.close()
+
+
+def test_limits_and_cli_checks(gen, monkeypatch, capsys):
+    from fastgen.cli import main
+
+    async def scenario():
+        async with serving({"test": gen}, max_upload_bytes=50_000, max_seconds=2.0) as (app, base), \
+                aiohttp.ClientSession() as http:
+            server = app[KEY]
+            session = LiveSession("limits", "test", gen, Lane(server.scheduler, gen.sessions[0]))
+            server.sessions[session.id] = session
+            url = f"{base}/sessions/{session.id}/speak"
+            assert (await http.post(url, data=b"\0" * 60_000)).status == 413          # upload size
+            long = io.BytesIO()
+            sf.write(long, np.zeros(3 * 8000), 8000, subtype="PCM_U8", format="WAV")      # 3 s in 24 kB
+            r = await http.post(url, data=long.getvalue())
+            assert r.status == 400 and "limit is 2 s" in (await r.json())["error"]
+            r = await http.post(url, data=wav_bytes(0.1, 1))
+            assert r.status == 400 and "at least" in (await r.json())["error"]
+            r = await http.post(url, data=wav_bytes(1.0, 1))
+            assert r.status == 200
+            session.interrupt()
+
+    asyncio.run(scenario())
+    assert main(["serve", "--max-sessions", "0"]) == 2
+    assert "--max-sessions must be > 0" in capsys.readouterr().err
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "aiortc" else real(name, *a))
+    assert main(["serve"]) == 2
+    assert 'pip install "fastgen[serve]"' in capsys.readouterr().err
