@@ -131,7 +131,7 @@ async def create_session(request: web.Request) -> web.Response:
     if not isinstance(params, dict) or not isinstance(params.get("sdp"), str) or params.get("type") != "offer":
         return error(400, "malformed offer: expected {\"sdp\": <string>, \"type\": \"offer\"}")
     name = params.get("avatar") or next(iter(server.generators))
-    if name not in server.generators:
+    if not isinstance(name, str) or name not in server.generators:
         return error(400, f"no avatar {name!r}; this server has {', '.join(server.generators)}")
     if len(server.sessions) >= server.options.max_sessions:
         return error(503, f"the server is full ({server.options.max_sessions} sessions); try again later")

@@ -194,7 +194,9 @@ class LiveSession:
         with self._cond:
             u = self._current
             if u is not None and u.start is None and 0 in u.frames:
-                u.start = now_sample + TICK          # the next tick: audio has not passed it yet
+                # the next tick that the audio track has not reached yet (it may be ahead of a late video tick)
+                heard = -(-(self.clock.sample() + AUDIO_CHUNK) // TICK) * TICK
+                u.start = max(now_sample + TICK, heard)
                 self._cond.notify_all()
             image = None
             if u is not None and u.start is not None and now_sample >= u.start:
@@ -280,14 +282,11 @@ class LiveSession:
                 return
             try:
                 self._make_frames(u)
-            except FastgenError as exc:
-                u.error = str(exc)
-                self.errors.append(f"utterance {u.uid}: {exc}")
+            except Exception as exc:  # a bad utterance (too short) or a failed run ends it, not the session
+                u.error = (str(exc).splitlines() or [type(exc).__name__])[0]
+                self.errors.append(f"utterance {u.uid}: {u.error}")
                 with self._cond:
                     self._finish(u)
-            except RuntimeError as exc:              # the scheduler closed under us: the server stops
-                self.errors.append(f"utterance {u.uid}: {exc}")
-                return
 
     def _live(self, u: Utterance) -> bool:
         return not self._closed and self._current is u
