@@ -185,6 +185,22 @@ def test_lane_holds_frames_it_cannot_make_in_time():
     assert [lane.content_of(j) for j in range(5)] == [0, 1, 1, 1, 1]
 
 
+def test_lane_generates_after_a_run_of_held_frames():
+    """A stale turnaround (after a stall) must not hold every frame from then on."""
+    from fastgen.serve.scheduler import MAX_HELD_RUN
+
+    model, scheduler = SlowModel(), InferenceScheduler()
+    lane = Lane(scheduler, model)
+    now = time.monotonic()
+    lane.begin(lambda j: now + 10 if j < 2 else now - 1)
+    for _ in range(2 + 2 * (MAX_HELD_RUN + 1)):
+        lane.run({"input": np.zeros(1), "who": 0})
+    scheduler.close()
+    assert lane.generated == 4 and lane.held == 2 * MAX_HELD_RUN
+    contents = [lane.content_of(j) for j in range(2 + 2 * (MAX_HELD_RUN + 1))]
+    assert max(j - c for j, c in enumerate(contents)) == MAX_HELD_RUN
+
+
 # ---------------------------------------------------------------------------------------------- loopback
 
 

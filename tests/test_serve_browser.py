@@ -77,7 +77,7 @@ def chromium():
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                  "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
-                 "--window-size=1320,940"):
+                 "--window-size=1320,1000"):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
@@ -115,6 +115,14 @@ def test_browser_connects_speaks_and_shows_the_avatar(demo_cache, tmp_path, monk
         assert not browser.execute_script("return document.getElementById('error').textContent")
         browser.find_element("id", "stop").click()
         _until(lambda: not session.speaking, 10)
+        # the microphone (Chromium's fake device beeps): the avatar lip-syncs the viewer's voice
+        browser.find_element("id", "disconnect").click()
+        _until(lambda: sid not in server.app[KEY].sessions, 10)
+        browser.find_element("id", "mic").click()
+        browser.find_element("id", "connect").click()
+        _until(lambda: browser.execute_script("return window.fastgen.session()"), 30)
+        mic_session = server.app[KEY].sessions[browser.execute_script("return window.fastgen.session()")]
+        _until(lambda: mic_session.lane.generated >= 2, 60)
     finally:
         browser.quit()
         server.stop()

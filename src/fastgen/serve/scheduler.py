@@ -10,8 +10,9 @@ session can take two turns while another waits.
 Overload: a lane knows when each frame of the utterance it is making will be shown
 (``deadline``).  A frame whose answer cannot arrive before that instant is not generated: the lane
 returns the previous generated mouth instead (a *held* frame), so the generator always works on
-frames that can still be shown and the delay stays bounded however far behind it is.  Audio is
-never touched by this.
+frames that can still be shown and the delay stays bounded however far behind it is.  At most
+``MAX_HELD_RUN`` frames in a row are held, so the mouth never lags the sound by more than that plus
+one generator turn.  Audio is never touched by this.
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ from typing import Callable, Optional
 import numpy as np
 
 FPS_WINDOW_S = 5.0          # generated fps is measured over the last few seconds
+MAX_HELD_RUN = 12           # consecutive held frames before one is generated anyway (~0.5 s): the
+                            # turnaround estimate is only refreshed by generating, and a stale one
+                            # (after a stall) must not hold every frame from then on
 
 
 class _Request:
@@ -127,6 +131,7 @@ class Lane:
         self._position = 0
         self._previous: Optional[np.ndarray] = None
         self._previous_position = -1
+        self._held_run = 0
         self._content: dict = {}
         self._finished: collections.deque = collections.deque(maxlen=512)   # generation times, for fps
 
@@ -140,6 +145,7 @@ class Lane:
         self._position = 0
         self._previous = None
         self._previous_position = -1
+        self._held_run = 0
         self._content = {}
 
     def content_of(self, j: int) -> int:
@@ -153,8 +159,9 @@ class Lane:
         self._position += count
         due = self._deadline(j) if self._deadline is not None else None
         if self._previous is not None and due is not None and time.monotonic() + self.turnaround_s > due \
-                and len(self._previous) == count:
+                and len(self._previous) == count and self._held_run < MAX_HELD_RUN:
             self.held += count
+            self._held_run += count
             for i in range(count):
                 self._content[j + i] = self._previous_position
             return self._previous
@@ -163,6 +170,7 @@ class Lane:
         took = time.monotonic() - t0
         self.turnaround_s = took if self.generated == 0 else 0.7 * self.turnaround_s + 0.3 * took
         self.generated += count
+        self._held_run = 0
         self._finished.extend([time.monotonic()] * count)
         self._previous, self._previous_position = out, j + count - 1
         return out

@@ -36,7 +36,7 @@ VIDEO_FPS = 25
 TICK = PLAY_RATE // VIDEO_FPS          # 1920 samples per video frame
 AUDIO_CHUNK = PLAY_RATE // 50          # 960 samples: 20 ms, one Opus frame
 LOOKAHEAD = 8                          # frames made ahead of the playout (~0.3 s of images) ...
-MAX_LOOKAHEAD = 50                     # ... more while the generator is slow, up to 2 s
+MAX_LOOKAHEAD = 30                     # ... more while the generator is slow, up to 1.2 s (~80 MB at 720p)
 MAX_QUEUE = 16                         # utterances waiting behind the current one
 MIC_SILENCE_DB = -45.0                 # microphone speech: no generator work on silent frames
 
