@@ -65,8 +65,12 @@ def wait_for(condition, timeout=60.0):
 # ---------------------------------------------------------------------------------------------- one clock
 
 
-def test_one_clock_pins_frames_and_sound_to_the_same_samples(gen):
-    """Frame j plays at tick start/1920 + j and is the stream's frame j; sample s plays at start + s."""
+def test_one_clock_pins_frames_and_sound_to_the_same_samples(gen, monkeypatch):
+    """Frame j plays at tick start/1920 + j and is the stream's frame j; sample s plays at start + s.
+
+    The test's clock waits for every frame; holding (which compares the generator's real turnaround
+    with time left on this clock) is switched off so every frame is generated."""
+    monkeypatch.setattr("fastgen.serve.scheduler.MAX_HELD_RUN", 0)
     audio = to_play_rate(speech_like(0.8, seed=5), 16000)
     ref_stream = gen.stream(sample_rate=48000)
     ref = [f for i in range(0, len(audio), TICK) for f in ref_stream.push(audio[i:i + TICK])] + ref_stream.flush()
@@ -176,13 +180,30 @@ def test_scheduler_takes_speaking_sessions_in_turn():
 def test_lane_holds_frames_it_cannot_make_in_time():
     model, scheduler = SlowModel(), InferenceScheduler()
     lane = Lane(scheduler, model)
-    now = time.monotonic()
-    lane.begin(lambda j: now + 10 if j < 2 else now - 1)     # frames 2.. are already due
+    lane.begin(lambda j: 10 if j < 2 else -1)                # frames 2.. are already due
     outs = [lane.run({"input": np.zeros(1), "who": 0}) for _ in range(5)]
     scheduler.close()
     assert lane.generated == 2 and lane.held == 3
-    assert outs[4] is outs[1]                                  # the previous mouth, repeated
+    assert outs[2] is outs[3] is outs[4] and np.array_equal(outs[4], outs[1])   # the previous mouth
     assert [lane.content_of(j) for j in range(5)] == [0, 1, 1, 1, 1]
+
+
+def test_holding_step_shows_the_previous_image_again(gen):
+    from fastgen.serve.scheduler import HoldingStep
+
+    class FaceModel:
+        def run(self, feeds):
+            return np.full((len(feeds["input"]), 3, 320, 320), 0.5, np.float32)
+
+    scheduler = InferenceScheduler()
+    lane = Lane(scheduler, FaceModel())
+    lane.begin(lambda j: 10 if j < 1 else -1)
+    step = HoldingStep(gen.step, lane)
+    generated = step.finish(1, lane.run({"input": np.zeros(1)})[0])
+    np.testing.assert_array_equal(generated, gen.step.finish(1, np.full((3, 320, 320), 0.5, np.float32)))
+    held = step.finish(2, lane.run({"input": np.zeros(1)})[0])
+    scheduler.close()
+    assert lane.held == 1 and held is generated                # no paste: the same image again
 
 
 def test_lane_generates_after_a_run_of_held_frames():
@@ -191,8 +212,7 @@ def test_lane_generates_after_a_run_of_held_frames():
 
     model, scheduler = SlowModel(), InferenceScheduler()
     lane = Lane(scheduler, model)
-    now = time.monotonic()
-    lane.begin(lambda j: now + 10 if j < 2 else now - 1)
+    lane.begin(lambda j: 10 if j < 2 else -1)
     for _ in range(2 + 2 * (MAX_HELD_RUN + 1)):
         lane.run({"input": np.zeros(1), "who": 0})
     scheduler.close()

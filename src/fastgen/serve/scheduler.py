@@ -23,6 +23,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..frame import FrameStep
+
 FPS_WINDOW_S = 5.0          # generated fps is measured over the last few seconds
 MAX_HELD_RUN = 12           # consecutive held frames before one is generated anyway (~0.5 s): the
                             # turnaround estimate is only refreshed by generating, and a stale one
@@ -118,8 +120,8 @@ class InferenceScheduler:
 class Lane:
     """One live session's seat at the shared generator; a session object for a Stream.
 
-    ``begin(deadline)`` starts an utterance: ``deadline(j)`` is the monotonic time at which frame
-    ``j`` is shown, or None while that is not known yet (before the first frame exists).
+    ``begin(deadline)`` starts an utterance: ``deadline(j)`` is the time left (s, on the session's
+    clock) until frame ``j`` is shown, or None while that is not known (before the first frame exists).
     """
 
     def __init__(self, scheduler: InferenceScheduler, model):
@@ -132,6 +134,7 @@ class Lane:
         self._previous: Optional[np.ndarray] = None
         self._previous_position = -1
         self._held_run = 0
+        self.held_output: Optional[np.ndarray] = None
         self._content: dict = {}
         self._finished: collections.deque = collections.deque(maxlen=512)   # generation times, for fps
 
@@ -146,6 +149,7 @@ class Lane:
         self._previous = None
         self._previous_position = -1
         self._held_run = 0
+        self.held_output = None
         self._content = {}
 
     def content_of(self, j: int) -> int:
@@ -157,14 +161,16 @@ class Lane:
         j = self._position
         count = len(feeds["input"])
         self._position += count
-        due = self._deadline(j) if self._deadline is not None else None
-        if self._previous is not None and due is not None and time.monotonic() + self.turnaround_s > due \
+        left = self._deadline(j) if self._deadline is not None else None
+        if self._previous is not None and left is not None and self.turnaround_s > left \
                 and len(self._previous) == count and self._held_run < MAX_HELD_RUN:
             self.held += count
             self._held_run += count
             for i in range(count):
                 self._content[j + i] = self._previous_position
-            return self._previous
+            if self.held_output is None:        # a distinct array, so HoldingStep can tell held from new
+                self.held_output = self._previous.copy()
+            return self.held_output
         t0 = time.monotonic()
         out = self.scheduler.run(self, feeds)
         took = time.monotonic() - t0
@@ -173,4 +179,25 @@ class Lane:
         self._held_run = 0
         self._finished.extend([time.monotonic()] * count)
         self._previous, self._previous_position = out, j + count - 1
+        self.held_output = None
         return out
+
+
+class HoldingStep(FrameStep):
+    """The frame step of a session's stream: a held frame is the previous image, shown again.
+
+    Pasting the previous mouth onto the next template would cost as much as a new frame (a full
+    frame copy and a resize); under overload that time is what the session lacks.
+    """
+
+    def __init__(self, step: FrameStep, lane: Lane):
+        super().__init__(step.avatar, step.blend)
+        self.lane = lane
+        self.last_image: Optional[np.ndarray] = None
+
+    def finish(self, k: int, pred: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+        held = self.lane.held_output
+        if held is not None and self.last_image is not None and (pred is held or pred.base is held):
+            return self.last_image
+        self.last_image = super().finish(k, pred, alpha)
+        return self.last_image

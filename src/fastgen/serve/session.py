@@ -11,8 +11,9 @@ sample ``start + s`` and its frame ``j`` at ``start + 1920 j``.
 **Speech** is made on the session's own thread: audio is pushed into a
 :class:`fastgen.stream.Stream` one frame (40 ms) at a time, no more than ``LOOKAHEAD`` frames ahead
 of what plays, and the generator runs through the session's :class:`~.scheduler.Lane` on the shared
-scheduler.  A frame that is not ready when its tick plays is *late*: the previous image is held; the
-audio plays on untouched.
+scheduler.  A frame the generator cannot make by its tick is *held* (the previous image again, see
+:class:`~.scheduler.HoldingStep`); one not ready when its tick plays is *late* (the previous image
+is shown).  The audio plays on untouched either way.
 
 **Interrupt** drops the current and queued utterances: the next tick is idle and the next audio
 chunk silent, so only frames already handed to the tracks still show.
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import FastgenError, InputError
 from ..stream import Stream
-from .scheduler import Lane
+from .scheduler import HoldingStep, Lane
 from .speech import PLAY_RATE, MicGate, Utterance
 
 VIDEO_FPS = 25
@@ -86,6 +87,7 @@ class LiveSession:
         self._current: Optional[Utterance] = None
         self._uids = itertools.count(1)
         self._closed = False
+        self._step = HoldingStep(generator.step, lane)
         self._mic = MicGate()
         self._mic_utterance: Optional[Utterance] = None
         # metrics
@@ -264,7 +266,7 @@ class LiveSession:
     # ------------------------------------------------------------------ speech thread
 
     def _deadline(self, u: Utterance) -> Callable[[int], Optional[float]]:
-        return lambda j: None if u.start is None else self.clock.time_of(u.start + j * TICK)
+        return lambda j: None if u.start is None else self.clock.time_of(u.start + j * TICK) - self.clock.now()
 
     def _next_utterance(self) -> Optional[Utterance]:
         with self._cond:
@@ -293,7 +295,7 @@ class LiveSession:
 
     def _make_frames(self, u: Utterance) -> None:
         gen = self.generator
-        stream = Stream(gen.step, self.lane, gen.encode_windows, gen.audio_shape, batch=1,
+        stream = Stream(self._step, self.lane, gen.encode_windows, gen.audio_shape, batch=1,
                         sample_rate=PLAY_RATE, silence_db=MIC_SILENCE_DB if u.kind == "mic" else None)
         self.lane.begin(self._deadline(u))
         while True:
