@@ -31,6 +31,8 @@ SESSION = (
      "Speech ticks whose frame was not ready in time: the previous image was shown.", lambda x: x.late),
     ("fastgen_serve_session_skipped_ticks_total", "counter",
      "Video ticks skipped because the sender fell behind real time.", lambda x: x.skipped_ticks),
+    ("fastgen_serve_session_skipped_audio_chunks_total", "counter",
+     "20 ms audio chunks skipped because the sender fell behind real time.", lambda x: x.skipped_audio),
     ("fastgen_serve_session_video_frames_total", "counter", "Video frames sent.", lambda x: x.ticks),
     ("fastgen_serve_session_speech_frames_total", "counter", "Video frames sent while speaking.",
      lambda x: x.speech_ticks),

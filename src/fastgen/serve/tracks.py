@@ -65,7 +65,9 @@ class AvatarAudioTrack(MediaStreamTrack):
         if wait > 0:
             await asyncio.sleep(wait)
         elif wait < -MAX_BEHIND_S:
-            a = clock.sample() // AUDIO_CHUNK * AUDIO_CHUNK
+            now_chunk = clock.sample() // AUDIO_CHUNK * AUDIO_CHUNK
+            self.session.skipped_audio += (now_chunk - a) // AUDIO_CHUNK
+            a = now_chunk
         self.next_sample = a + AUDIO_CHUNK
         pcm = self.session.audio_chunk(a)
         frame = AudioFrame(format="s16", layout="mono", samples=AUDIO_CHUNK)
