@@ -12,7 +12,7 @@ generated: previous mouth repeated), skipped ticks (the sender fell behind real 
 from a chunk arriving to its first mouth frame being sent, the A/V offset at the end (mouth shown
 vs sound playing, and video vs audio track clock), RSS at the start and end.
 
-    flock /tmp/fastgen-bench.lock python bench/serve.py --sessions 1 2 4 --seconds 30 --backend ort
+    flock /tmp/fastgen-bench.lock python bench/serve.py --sessions 1 2 4 --seconds 30 --churn 10
     flock /tmp/fastgen-bench.lock python bench/serve.py --sessions 1 --seconds 600     # the soak
 """
 from __future__ import annotations
@@ -129,6 +129,22 @@ async def run_sessions(gen, n: int, seconds: float, rss_every: float) -> dict:
                            and (p["latency_chunk_to_first_mouth_frame_s"]["p95"] or 9) < 2.5 for p in per_session)}
 
 
+async def churn(gen, count: int, seconds: float) -> dict:
+    """Sessions opened, made to speak and closed one after another: RSS before and after."""
+    import gc
+
+    from fastgen.benchmarks.live import rss_mb
+
+    before = None
+    for i in range(count + 1):
+        row = await run_sessions(gen, 1, seconds, seconds)
+        gc.collect()
+        if i == 0:                 # the first one warms caches (templates, arenas): measure after it
+            before = round(rss_mb(), 1)
+    return {"sessions_opened_and_closed": count, "seconds_each": seconds, "rss_mb_after_first": before,
+            "rss_mb_after_last": round(rss_mb(), 1), "last": {"generated_frames": row["per_session"][0]["generated_frames"]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
@@ -136,6 +152,8 @@ def main() -> None:
     parser.add_argument("--backend", nargs="+", default=["ort", "auto"],
                         help="backends to measure (default: ort fp32, then auto: the fastest faithful)")
     parser.add_argument("--rss-every", type=float, default=30.0, help="RSS sample period, s")
+    parser.add_argument("--churn", type=int, default=0, help="then open, speak and close this many sessions "
+                        "one after another (first backend): RSS before and after")
     args = parser.parse_args()
     from fastgen import Generator, demo
 
@@ -154,6 +172,10 @@ def main() -> None:
             [r["sessions"] for r in report["runs"] if r["requested"] == backend and r["full_rate"]], default=0)
         report.setdefault("most_sessions_bounded", {})[backend] = max(
             [r["sessions"] for r in report["runs"] if r["requested"] == backend and r["bounded"]], default=0)
+    if args.churn:
+        gen = Generator(demo.avatar(), sessions=1, backend=args.backend[0],
+                        precision="fp32" if args.backend[0] == "ort" else "auto")
+        report["churn"] = asyncio.run(churn(gen, args.churn, 4.0))
     print(json.dumps(report, indent=1))
 
 

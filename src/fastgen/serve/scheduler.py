@@ -115,6 +115,7 @@ class InferenceScheduler:
                 self.busy_s += t1 - t0
                 self._finished.append(t1)
             request.done.set()
+            del request          # else the last request keeps its session (and its feeds) alive while idle
 
 
 class Lane:

@@ -9,7 +9,7 @@ sample ``start + s`` and its frame ``j`` at ``start + 1920 j``.
 **Idle.**  Between utterances video ticks walk the templates in ping-pong order and audio is silence.
 
 **Speech** is made on the session's own thread: audio is pushed into a
-:class:`fastgen.stream.Stream` one frame (40 ms) at a time, no more than ``LOOKAHEAD`` frames ahead
+:class:`fastgen.stream.Stream` up to ``MAX_PUSH`` frames at a time, no more than the lookahead ahead
 of what plays, and the generator runs through the session's :class:`~.scheduler.Lane` on the shared
 scheduler.  A frame the generator cannot make by its tick is *held* (the previous image again, see
 :class:`~.scheduler.HoldingStep`); one not ready when its tick plays is *late* (the previous image
@@ -38,6 +38,8 @@ TICK = PLAY_RATE // VIDEO_FPS          # 1920 samples per video frame
 AUDIO_CHUNK = PLAY_RATE // 50          # 960 samples: 20 ms, one Opus frame
 LOOKAHEAD = 8                          # frames made ahead of the playout (~0.3 s of images) ...
 MAX_LOOKAHEAD = 30                     # ... more while the generator is slow, up to 1.2 s (~80 MB at 720p)
+MAX_PUSH = 16                          # frames of audio pushed at once: the encoder runs batched, which
+                                       # is what lets a session that fell behind catch up
 MAX_QUEUE = 16                         # utterances waiting behind the current one
 MIC_SILENCE_DB = -45.0                 # microphone speech: no generator work on silent frames
 
@@ -308,7 +310,8 @@ class LiveSession:
                     self._cond.wait(0.1)
                 if not self._live(u):
                     return
-                chunk = u.audio.read(u.fed, TICK)
+                ahead = u.made - self._played_frames(u)
+                chunk = u.audio.read(u.fed, TICK * max(1, min(MAX_PUSH, self._lookahead() - ahead + 1)))
                 ending = u.complete and u.fed + len(chunk) >= len(u.audio)
             frames = stream.push(chunk) if len(chunk) else []
             u.fed += len(chunk)
