@@ -40,6 +40,7 @@ LOOKAHEAD = 8                          # frames made ahead of the playout (~0.3 
 MAX_LOOKAHEAD = 30                     # ... more while the generator is slow, up to 1.2 s (~80 MB at 720p)
 MAX_PUSH = 16                          # frames of audio pushed at once: the encoder runs batched, which
                                        # is what lets a session that fell behind catch up
+MAX_LATE_FRAMES = 2                    # a frame up to 80 ms late is shown on the next tick
 MAX_QUEUE = 16                         # utterances waiting behind the current one
 MIC_SILENCE_DB = -45.0                 # microphone speech: no generator work on silent frames
 
@@ -217,21 +218,24 @@ class LiveSession:
             if u.played >= len(u.audio) or not u.echo:
                 self._finish(u)
             return None
-        for stale in [i for i in u.frames if i < j]:
-            del u.frames[stale]
         self.speech_ticks += 1
         entry = u.frames.pop(j, None)
         if entry is None:
             self.late += 1
-            self._cond.notify_all()
+            # a frame that missed its tick by at most MAX_LATE_FRAMES is still the best picture there is
+            recent = [i for i in u.frames if j - MAX_LATE_FRAMES <= i < j]
+            entry = u.frames[max(recent)] if recent else None
+        for stale in [i for i in u.frames if i < j]:
+            del u.frames[stale]
+        self._cond.notify_all()                      # the speech thread may make the next frame
+        if entry is None:
             return self._last_image
         image, content = entry
         self.av_offset_s = (u.start + content * TICK - self._audio_next) / PLAY_RATE
-        if content == j:
+        if image is not self._last_image and content <= j:   # a mouth not shown before: chunks up to it are seen
             now = time.monotonic()
-            while u.arrivals and u.arrivals[0][0] <= j * TICK:
+            while u.arrivals and u.arrivals[0][0] <= content * TICK:
                 self.latencies.append(now - u.arrivals.pop(0)[1])
-        self._cond.notify_all()                      # the speech thread may make the next frame
         return image
 
     def _idle_image(self) -> np.ndarray:
