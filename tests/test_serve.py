@@ -440,6 +440,13 @@ def test_limits_and_cli_checks(gen, monkeypatch, capsys):
             server.sessions[session.id] = session
             url = f"{base}/sessions/{session.id}/speak"
             assert (await http.post(url, data=b"\0" * 60_000)).status == 413          # upload size
+            form = aiohttp.FormData()
+            form.add_field("audio", b"\0" * 60_000, filename="big.wav")
+            assert (await http.post(url, data=form)).status == 413                    # ... as a form too
+            form = aiohttp.FormData()
+            form.add_field("audio", wav_bytes(1.0, 3), filename="ok.wav")
+            assert (await http.post(url, data=form)).status == 200
+            session.interrupt()
             long = io.BytesIO()
             sf.write(long, np.zeros(3 * 8000), 8000, subtype="PCM_U8", format="WAV")      # 3 s in 24 kB
             r = await http.post(url, data=long.getvalue())

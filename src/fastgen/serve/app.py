@@ -198,10 +198,16 @@ async def speak(request: web.Request) -> web.Response:
 async def _upload(request: web.Request) -> bytes:
     """The audio file of a speak call: the body, or the multipart part named ``audio``."""
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
+        limit = request.app[KEY].options.max_upload_bytes
+        reader = await request.multipart()      # streamed: aiohttp's body limit does not apply, so count
         async for part in reader:
             if part.name == "audio" or part.filename:
-                return bytes(await part.read())
+                data = bytearray()
+                while chunk := await part.read_chunk(1 << 16):
+                    data += chunk
+                    if len(data) > limit:
+                        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(data))
+                return bytes(data)
         raise InputError("the form has no 'audio' file part")
     return await request.read()
 
