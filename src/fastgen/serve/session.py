@@ -9,8 +9,7 @@ sample ``start + s`` and its frame ``j`` at ``start + 1920 j``.
 **Idle.**  Between utterances video ticks walk the templates in ping-pong order and audio is silence.
 
 **Speech** is made on the session's own thread: audio is pushed into a
-:class:`fastgen.stream.Stream` up to ``MAX_PUSH`` frames at a time, no more than the lookahead ahead
-of what plays, and the generator runs through the session's :class:`~.scheduler.Lane` on the shared
+:class:`fastgen.stream.Stream` (see ``_push_frames``), no more than the lookahead ahead of what plays, and the generator runs through the session's :class:`~.scheduler.Lane` on the shared
 scheduler.  A frame the generator cannot make by its tick is *held* (the previous image again, see
 :class:`~.scheduler.HoldingStep`); one not ready when its tick plays is *late* (the previous image
 is shown).  The audio plays on untouched either way.
@@ -38,8 +37,8 @@ TICK = PLAY_RATE // VIDEO_FPS          # 1920 samples per video frame
 AUDIO_CHUNK = PLAY_RATE // 50          # 960 samples: 20 ms, one Opus frame
 LOOKAHEAD = 8                          # frames made ahead of the playout (~0.3 s of images) ...
 MAX_LOOKAHEAD = 30                     # ... more while the generator is slow, up to 1.2 s (~80 MB at 720p)
-MAX_PUSH = 16                          # frames of audio pushed at once: the encoder runs batched, which
-                                       # is what lets a session that fell behind catch up
+MAX_PUSH = 16                          # frames of audio pushed at once when behind (batched encoder)
+FIRST_PUSH = 12                        # frame 0 needs ~0.45 s of audio (docs/semantics.md §3.3)
 MAX_LATE_FRAMES = 2                    # a frame up to 80 ms late is shown on the next tick
 MAX_QUEUE = 16                         # utterances waiting behind the current one
 MIC_SILENCE_DB = -45.0                 # microphone speech: no generator work on silent frames
@@ -314,8 +313,7 @@ class LiveSession:
                     self._cond.wait(0.1)
                 if not self._live(u):
                     return
-                ahead = u.made - self._played_frames(u)
-                chunk = u.audio.read(u.fed, TICK * max(1, min(MAX_PUSH, self._lookahead() - ahead + 1)))
+                chunk = u.audio.read(u.fed, TICK * self._push_frames(u))
                 ending = u.complete and u.fed + len(chunk) >= len(u.audio)
             frames = stream.push(chunk) if len(chunk) else []
             u.fed += len(chunk)
@@ -332,6 +330,16 @@ class LiveSession:
                 self._cond.notify_all()
             if ending:
                 return
+
+    def _push_frames(self, u: Utterance) -> int:
+        """Frames of audio to push next.  A push hands its frames over only when it returns, so one
+        frame at a time while ahead of the playout (a generated frame then delays no other);
+        several while behind (they are due, so held: cheap, and the encoder runs batched); the
+        first push brings the ~0.45 s of audio frame 0 needs."""
+        if u.start is None:
+            return FIRST_PUSH if u.fed == 0 else 1
+        ahead = u.made - self._played_frames(u)
+        return 1 if ahead >= 1 else min(MAX_PUSH, 2 - ahead)
 
     def _lookahead(self) -> int:
         """Frames to make ahead of the playout: enough that a frame asked for now can still be
