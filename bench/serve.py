@@ -111,7 +111,7 @@ async def run_sessions(gen, n: int, seconds: float, rss_every: float) -> dict:
             "generated_fps": round(s.lane.generated / wall, 2),
             "generated_frames": s.lane.generated, "held_frames": s.lane.held, "late_frames": s.late,
             "speech_ticks": s.speech_ticks, "video_frames_sent": c["video"], "audio_frames_sent": c["audio"],
-            "skipped_ticks": s.skipped_ticks, "skipped_audio_chunks": s.skipped_audio, "audio_underruns": s.underruns,
+            "repeats_not_sent": s.repeats_not_sent, "skipped_ticks": s.skipped_ticks, "skipped_audio_chunks": s.skipped_audio, "audio_underruns": s.underruns,
             "latency_chunk_to_first_mouth_frame_s": quantiles(s.latencies),
             "av_offset_end_s": round(s.av_offset_s, 4),
             "track_clock_offset_end_s": round((video.next_tick * TICK - audio.next_sample) / 48000, 4),

@@ -382,7 +382,8 @@ def test_loopback_two_sessions_speak_interrupt_and_errors(gen):
             v_pts = np.diff([v[0] for v in a.video])
             assert {v[1] for v in a.video} == {aiortc.mediastreams.VIDEO_TIME_BASE}
             assert {(v[2], v[3]) for v in a.video} == {gen.avatar.frame_size}
-            assert np.all(v_pts % 3600 == 0) and np.mean(v_pts == 3600) > 0.9
+            # (a held image is not re-sent, so a step may be several ticks; idle ticks are single steps)
+            assert np.all(v_pts % 3600 == 0) and np.all(v_pts > 0) and np.median(v_pts) == 3600
             a_pts = np.diff([x[0] for x in a.audio])
             assert {(x[1], x[2]) for x in a.audio} == {(48000, 960)} and np.mean(a_pts == 960) > 0.9
             assert max(x[3] for x in a.audio) > 1000              # the speech was heard

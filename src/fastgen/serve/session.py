@@ -98,6 +98,7 @@ class LiveSession:
         self.late = 0               # speech ticks whose frame was not ready (previous image held)
         self.skipped_ticks = 0      # ticks skipped because the sender fell behind real time
         self.skipped_audio = 0      # audio chunks skipped for the same reason
+        self.repeats_not_sent = 0   # ticks whose image was the one just sent (held): not re-encoded
         self.underruns = 0          # audio chunks of a streaming utterance that had not arrived
         self.av_offset_s = 0.0      # video content time minus audio time at the last speech tick
         self.latencies: collections.deque = collections.deque(maxlen=500)  # chunk -> first mouth frame

@@ -21,6 +21,7 @@ from .speech import PLAY_RATE
 
 VIDEO_CLOCK = 90000
 MAX_BEHIND_S = 0.25
+REPEAT_EVERY = 12          # a held image is still re-sent this often (ticks), for a receiver that lost it
 
 
 class AvatarVideoTrack(MediaStreamTrack):
@@ -30,20 +31,30 @@ class AvatarVideoTrack(MediaStreamTrack):
         super().__init__()
         self.session = session
         self.next_tick = 0
+        self._sent = None          # the image last handed to the encoder
+        self._sent_tick = -REPEAT_EVERY
 
     async def recv(self) -> VideoFrame:
         clock = self.session.clock
         clock.start()
-        n = self.next_tick
-        wait = clock.time_of(n * TICK) - clock.now()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        elif wait < -MAX_BEHIND_S:
-            now_tick = clock.sample() // TICK
-            self.session.skipped_ticks += now_tick - n
-            n = now_tick
-        self.next_tick = n + 1
-        frame = VideoFrame.from_ndarray(self.session.video_frame(n), format="bgr24")
+        while True:
+            n = self.next_tick
+            wait = clock.time_of(n * TICK) - clock.now()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -MAX_BEHIND_S:
+                now_tick = clock.sample() // TICK
+                self.session.skipped_ticks += now_tick - n
+                n = now_tick
+            self.next_tick = n + 1
+            image = self.session.video_frame(n)
+            # a held image is not sent again (the receiver keeps showing it): under overload that is
+            # the encoder time the generator lacks; the timestamps stay on the 1/25 s grid
+            if image is not self._sent or n - self._sent_tick >= REPEAT_EVERY:
+                break
+            self.session.repeats_not_sent += 1
+        self._sent, self._sent_tick = image, n
+        frame = VideoFrame.from_ndarray(image, format="bgr24")
         frame.pts = n * TICK * VIDEO_CLOCK // PLAY_RATE
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         return frame
