@@ -104,6 +104,7 @@ class LiveSession:
         self.latencies: collections.deque = collections.deque(maxlen=500)  # chunk -> first mouth frame
         self.errors: collections.deque = collections.deque(maxlen=20)
         self._audio_next = 0
+        self._audio_pulled_at = -1.0
         self._thread = threading.Thread(target=self._speech_loop, name=f"fastgen-serve-{sid[:6]}", daemon=True)
         self._thread.start()
 
@@ -243,11 +244,17 @@ class LiveSession:
         self._idle_tick += 1
         return self.generator.avatar.frame(k)
 
+    @property
+    def audio_position(self) -> Optional[int]:
+        """The session sample the audio track has sent up to; None while it is not being pulled."""
+        return self._audio_next if time.monotonic() - self._audio_pulled_at < 0.5 else None
+
     def audio_chunk(self, a: int) -> np.ndarray:
         """The 960 samples (float32, 48 kHz) from session sample ``a``."""
         out = np.zeros(AUDIO_CHUNK, np.float32)
         with self._cond:
             self._audio_next = a + AUDIO_CHUNK
+            self._audio_pulled_at = time.monotonic()
             u = self._current
             if u is None or u.start is None or a + AUDIO_CHUNK <= u.start:
                 return out

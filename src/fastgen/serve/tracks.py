@@ -1,7 +1,7 @@
 """aiortc tracks that play a :class:`~.session.LiveSession`: video at 25 fps, Opus audio at 48 kHz.
 
-Each ``recv()`` waits for its own position on the session's sample clock, then hands over the
-frame or chunk of that position; both timestamps are that sample position (video converted to the
+Each ``recv()`` waits for its own position on the session's sample clock (video also for the
+audio track to have sent that position's sound), then hands over the frame or chunk of that position; both timestamps are that sample position (video converted to the
 90 kHz RTP clock), so audio and video cannot drift apart.  A track that falls more than
 ``MAX_BEHIND_S`` behind real time (the CPU was starved) jumps to the present instead of bursting
 to catch up; the jump is counted as skipped ticks.
@@ -46,6 +46,7 @@ class AvatarVideoTrack(MediaStreamTrack):
                 now_tick = clock.sample() // TICK
                 self.session.skipped_ticks += now_tick - n
                 n = now_tick
+            await self._follow_audio(n)
             self.next_tick = n + 1
             image = self.session.video_frame(n)
             # a held image is not sent again (the receiver keeps showing it): under overload that is
@@ -58,6 +59,16 @@ class AvatarVideoTrack(MediaStreamTrack):
         frame.pts = n * TICK * VIDEO_CLOCK // PLAY_RATE
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         return frame
+
+    async def _follow_audio(self, n: int) -> None:
+        """Hold tick ``n`` until the audio track has sent its sound: a starved event loop delays the
+        audio packets too, and the receiver syncs the tracks by when their packets were sent."""
+        deadline = self.session.clock.now() + MAX_BEHIND_S
+        while self.session.clock.now() < deadline:
+            position = self.session.audio_position
+            if position is None or position >= n * TICK:
+                return
+            await asyncio.sleep(0.005)
 
 
 class AvatarAudioTrack(MediaStreamTrack):
