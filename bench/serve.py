@@ -80,7 +80,7 @@ async def run_sessions(gen, n: int, seconds: float, rss_every: float) -> dict:
     from fastgen import demo
     from fastgen.benchmarks.live import rss_mb
     from fastgen.serve.scheduler import InferenceScheduler, Lane
-    from fastgen.serve.session import TICK, LiveSession
+    from fastgen.serve.session import LiveSession
     from fastgen.serve.tracks import AvatarAudioTrack, AvatarVideoTrack
 
     scheduler = InferenceScheduler()
@@ -114,7 +114,6 @@ async def run_sessions(gen, n: int, seconds: float, rss_every: float) -> dict:
             "repeats_not_sent": s.repeats_not_sent, "skipped_ticks": s.skipped_ticks, "skipped_audio_chunks": s.skipped_audio, "audio_underruns": s.underruns,
             "latency_chunk_to_first_mouth_frame_s": quantiles(s.latencies),
             "av_offset_end_s": round(s.av_offset_s, 4),
-            "track_clock_offset_end_s": round((video.next_tick * TICK - audio.next_sample) / 48000, 4),
             "errors": list(s.errors),
         })
     for s in sessions:
