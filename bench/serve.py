@@ -8,9 +8,9 @@ client decoding N 720p streams on the same cores would be charged to the server.
 speaks without pause: a TTS-like stream of 16 kHz PCM chunks pushed in real time.
 
 Per session: generated fps, late (a tick's frame not ready: previous image shown), held (not
-generated: previous mouth repeated), skipped ticks (the sender fell behind real time), latency
-from a chunk arriving to its first mouth frame being sent, the A/V offset at the end (mouth shown
-vs sound playing, and video vs audio track clock), RSS at the start and end.
+generated: the previous image again), skipped ticks (the sender fell behind real time), latency
+from a chunk arriving to its first mouth frame being sent, the A/V offset at the end (speech time
+of the mouth sent minus that of the sound sent), RSS at the start and end.
 
     flock /tmp/fastgen-bench.lock python bench/serve.py --sessions 1 2 4 --seconds 30 --churn 10
     flock /tmp/fastgen-bench.lock python bench/serve.py --sessions 1 --seconds 600     # the soak
