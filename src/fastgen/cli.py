@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .batch.command import add_parser as add_render_many     # light: imports nothing heavy
     add_render_many(sub)
+    from .serve.command import add_parser as add_serve_parser   # light: aiohttp loads only when run
+    add_serve_parser(sub)
     return parser
 
 
