@@ -25,7 +25,8 @@ else:
 EXTENSIONS = [
     Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS,
               depends=[f"src/fastgen/_ext/{h}" for h in headers])     # a header edit rebuilds its module
-    for name, headers in (("mel", ("stft_core.h",)), ("image", ("resize_core.h", "convert_core.h")))
+    for name, headers in (("mel", ("stft_core.h",)), ("image", ("resize_core.h", "convert_core.h")),
+                          ("scan", ("scan_core.h",)))
 ]
 
 setup(ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES))

@@ -1,7 +1,7 @@
 """Plain reference implementations the tests compare fastgen against (docs/semantics.md).
 
-librosa + scipy for the mel front end, the reference template-order loop, and a speech-like test
-signal.  Shared by several test modules; fixtures live in ``conftest.py``.
+librosa + scipy for the mel front end, the reference template-order loop, a speech-like test
+signal and a photo-like test image.  Shared by several test modules; fixtures live in ``conftest.py``.
 """
 from __future__ import annotations
 
@@ -44,3 +44,10 @@ def reference_order(templates: int, n: int) -> list[int]:
         idx += step
         out.append(idx)
     return out
+
+
+def photo(rng, h: int, w: int) -> np.ndarray:
+    """Smooth colour gradients with texture: compresses like a frame, not like noise."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([128 + 90 * np.sin(x / 37 + c) * np.cos(y / 23 - c) for c in range(3)], -1)
+    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)

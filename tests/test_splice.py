@@ -12,13 +12,7 @@ from fastgen import InputError
 from fastgen.splice import (MCU_ROWS, SplicingEncoder, TileGrid, assemble, band_rows, decode_region, decode_rows,
                             encode, encode_with_restarts, restart_interval, row_segments, split, splittable,
                             tile_interval)
-
-
-def photo(rng, h: int, w: int) -> np.ndarray:
-    """Smooth colour gradients with texture: compresses like a frame, not like noise."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([128 + 90 * np.sin(x / 37 + c) * np.cos(y / 23 - c) for c in range(3)], -1)
-    return np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+from references import photo
 
 
 def decode(data: bytes) -> np.ndarray:

@@ -6,8 +6,11 @@ in SOF0.  Pure byte handling: no pixels, no encoder.
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Optional, Sequence
+
+import numpy as np
 
 from .errors import InputError
 
@@ -86,22 +89,6 @@ def assemble(header: bytes, segments: Sequence[bytes]) -> bytes:
     return b"".join([header, *interleaved(segments), b"\xff\xd9"])
 
 
-def scan_of(data: bytes) -> bytes:
-    """The entropy-coded data of one JPEG simplejpeg wrote (:func:`split`, with the header's
-    length remembered: every tile of one size and quality has the same header)."""
-    n = len(data)
-    for start in _SCAN_STARTS:
-        # the SOS segment of a 3-component scan is 14 bytes: FF DA 00 0C ...
-        if start < n and data[start - 14:start - 10] == b"\xff\xda\x00\x0c":
-            return data[start:n - 2] if data[n - 2:] == b"\xff\xd9" else data[start:]
-    header, scan = split(data)
-    _SCAN_STARTS.append(len(header))
-    return scan
-
-
-_SCAN_STARTS: list[int] = []
-
-
 def with_size(header: bytes, height: int, width: Optional[int] = None) -> bytes:
     """``header`` with its SOF0 frame height (and width) set."""
     out = bytearray(header)
@@ -112,3 +99,50 @@ def with_size(header: bytes, height: int, width: Optional[int] = None) -> bytes:
                 out[i + 7], out[i + 8] = width >> 8, width & 0xFF
             return bytes(out)
     raise InputError("not a baseline JPEG (no SOF0 segment)")
+
+
+@functools.lru_cache(maxsize=64)     # a frame's regions come in a few sizes, each one header
+def huffman_tables(header: bytes) -> np.ndarray:
+    """The Huffman tables of a 3-component 4:2:0 header's scan, as :func:`restart_segments`
+    takes them: (6, 272) uint8, per row 16 code counts then the symbols; DC of Y, Cb, Cr, then
+    their AC tables."""
+    found: dict[tuple[int, int], bytes] = {}
+    sampling, scan_tables = [], []
+    for i, marker, length in segments_of(header):
+        body = header[i + 4:i + 2 + length]
+        if marker == 0xC4:
+            at = 0
+            while at + 17 <= len(body):
+                count = sum(body[at + 1:at + 17])
+                found[(body[at] >> 4, body[at] & 15)] = body[at + 1:at + 17 + count]
+                at += 17 + count
+        elif marker in (0xC0, 0xC1):
+            sampling = [body[6 + 3 * c + 1] for c in range(body[5])]
+        elif marker == SOS:
+            scan_tables = [(body[2 + 2 * c] >> 4, body[2 + 2 * c] & 15) for c in range(body[0])]
+    if sampling != [0x22, 0x11, 0x11] or len(scan_tables) != 3:
+        raise InputError("not a 3-component 4:2:0 JPEG with one interleaved scan")
+    out = np.zeros((6, 272), np.uint8)
+    for row, key in enumerate([(0, d) for d, _ in scan_tables] + [(1, a) for _, a in scan_tables]):
+        table = found.get(key)
+        if table is None:
+            raise InputError(f"the JPEG header has no Huffman table {key}")
+        out[row, :len(table)] = np.frombuffer(table, np.uint8)
+    out.flags.writeable = False
+    return out
+
+
+def restart_segments(data: bytes, interval: int) -> list[bytes]:
+    """The restart segments, every ``interval`` MCUs of each MCU row, of a 4:2:0 JPEG written
+    without restarts (one libjpeg-turbo encode of a region): byte for byte the scans of its
+    tiles encoded one by one, at the cost of one parse of its scan (``_ext/scan_core.h``)."""
+    from ._ext.scan import restart_segments as kernel
+
+    header, scan = split(data)
+    h, w, mh, mw = geometry(header)
+    if restart_interval(header):
+        raise InputError("the JPEG already has restart markers")
+    try:
+        return kernel(scan, huffman_tables(header), -(-h // mh), -(-w // mw), interval)
+    except ValueError as e:
+        raise InputError(f"cannot cut the JPEG's scan into restart segments: {e}") from None

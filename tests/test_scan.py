@@ -1,0 +1,138 @@
+"""The restart-segment kernel (fastgen.jpeg_layout.restart_segments, _ext/scan_core.h).
+
+Its reference is libjpeg-turbo itself: each tile encoded on its own by simplejpeg.  A region
+encoded in one call and cut by the kernel must give those very bytes, for every size an MCU grid
+can have at its edges.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import simplejpeg
+
+from fastgen import InputError
+from fastgen._ext.scan import restart_segments as kernel
+from fastgen.jpeg_layout import huffman_tables, restart_segments, split, with_restarts
+from references import photo
+
+MCU = 16
+
+
+def encode(image: np.ndarray, quality: int = 95) -> bytes:
+    return simplejpeg.encode_jpeg(image, quality=quality, colorspace="BGR", colorsubsampling="420")
+
+
+def tiles_one_by_one(image: np.ndarray, interval: int, quality: int = 95) -> list[bytes]:
+    """The reference: every tile (``interval`` MCUs of one MCU row) encoded alone, its scan."""
+    h, w = image.shape[:2]
+    step = interval * MCU
+    out = []
+    for y in range(0, h, MCU):
+        for x in range(0, -(-w // step) * step, step):
+            out.append(split(encode(np.ascontiguousarray(image[y:y + MCU, x:x + step]), quality))[1])
+    return out
+
+
+# heights: 1 row, one MCU less one/exactly/plus one, several; widths: MCU counts of 1, n-1, n, n+1
+@pytest.mark.parametrize("h", [1, 15, 16, 17, 47, 48, 49])
+@pytest.mark.parametrize("w, interval", [(16, 1), (127, 8), (128, 8), (129, 9), (112, 7), (144, 3), (1280, 8)])
+def test_segments_equal_tiles_encoded_one_by_one(rng, h, w, interval):
+    image = photo(rng, h, w)
+    got = restart_segments(encode(image), interval)
+    assert got == tiles_one_by_one(image, interval)
+
+
+@pytest.mark.parametrize("quality", [1, 50, 90, 100])
+def test_every_quality_and_noise(rng, quality):
+    """Noise at quality 100 makes the longest codes and the largest DC differences."""
+    image = rng.integers(0, 256, (48, 256, 3), np.uint8)
+    assert restart_segments(encode(image, quality), 4) == tiles_one_by_one(image, 4, quality)
+
+
+def test_flat_and_extreme_images(rng):
+    """All-black then all-white tiles: DC differences of the largest magnitude at each restart."""
+    image = np.zeros((32, 256, 3), np.uint8)
+    image[:, 128:] = 255
+    image[16:, :64] = 255
+    assert restart_segments(encode(image), 4) == tiles_one_by_one(image, 4)
+
+
+def test_a_sliced_buffer_is_read_in_place(rng):
+    image = photo(rng, 32, 128)
+    data = encode(image)
+    header, scan = split(data)
+    padded = bytearray(b"\x00" * 7 + scan + b"\x00" * 5)
+    view = memoryview(padded)[7:7 + len(scan)]
+    assert kernel(view, huffman_tables(header), 2, 8, 8) == tiles_one_by_one(image, 8)
+
+
+def test_threads_give_the_same_segments(rng):
+    images = [photo(rng, 64, 256) for _ in range(6)]
+    data = [encode(image) for image in images]
+    sequential = [restart_segments(d, 8) for d in data]
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(lambda d: restart_segments(d, 8), data * 4))
+    assert threaded == sequential * 4
+
+
+def test_damaged_scans_raise_and_never_crash(rng):
+    """Truncated, cut at every length, or with random bytes: an InputError, never a crash; and
+    what does decode is only ever a list of segments."""
+    data = encode(photo(rng, 32, 128))
+    header, scan = split(data)
+    with pytest.raises(InputError, match="ends before its last MCU"):
+        restart_segments(header + scan[:len(scan) // 2] + b"\xff\xd9", 8)
+    with pytest.raises(InputError):
+        restart_segments(header + b"\xff\xd9", 8)
+    for cut in range(0, len(scan), 7):
+        try:
+            restart_segments(header + scan[:cut] + b"\xff\xd9", 8)
+        except InputError:
+            pass
+    for _ in range(200):
+        damaged = bytearray(scan)
+        for at in rng.integers(0, len(damaged), 4):
+            damaged[at] = int(rng.integers(0, 255))          # never FF: a marker is its own case
+        try:
+            segments = restart_segments(header + bytes(damaged) + b"\xff\xd9", 8)
+            assert len(segments) == 2
+        except InputError:
+            pass
+
+
+def test_bad_layouts_are_refused(rng):
+    data = encode(photo(rng, 32, 128))
+    header, scan = split(data)
+    with pytest.raises(InputError, match="restart markers"):
+        restart_segments(with_restarts(header, 8) + scan + b"\xff\xd9", 8)
+    with pytest.raises(InputError, match="cannot be cut every 3 MCUs"):
+        restart_segments(data, 3)
+    with pytest.raises(InputError, match="marker"):
+        restart_segments(header + scan[:20] + b"\xff\xd0" + scan[20:] + b"\xff\xd9", 8)
+    grey = simplejpeg.encode_jpeg(photo(rng, 32, 128)[:, :, :1].copy(), colorspace="GRAY")
+    with pytest.raises(InputError, match="4:2:0"):
+        restart_segments(grey, 8)
+    with pytest.raises(InputError, match="4:2:0"):
+        restart_segments(simplejpeg.encode_jpeg(photo(rng, 32, 128), colorspace="BGR", colorsubsampling="444"), 8)
+
+
+def test_kernel_checks_its_arguments(rng):
+    data = encode(photo(rng, 16, 128))
+    header, scan = split(data)
+    tables = huffman_tables(header)
+    with pytest.raises(ValueError, match=r"\(6, 272\)"):
+        kernel(scan, np.zeros((5, 272), np.uint8), 1, 8, 8)
+    with pytest.raises(ValueError, match="cannot be cut"):
+        kernel(scan, tables, 0, 8, 8)
+    bad = tables.copy()
+    bad[0, :16] = 0
+    bad[0, 0] = 3                                             # three 1-bit codes: over-subscribed
+    with pytest.raises(ValueError, match="table 0"):
+        kernel(scan, bad, 1, 8, 8)
+    bad[0, :16] = 255                                         # more than 256 symbols
+    with pytest.raises(ValueError, match="table 0"):
+        kernel(scan, bad, 1, 8, 8)
+    with pytest.raises((ValueError, TypeError)):
+        kernel(scan, tables.astype(np.int16), 1, 8, 8)
