@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fastgen import image
+from fastgen import InputError, image
 
 
 def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -446,15 +446,69 @@ def test_private_kernels_validate_before_releasing_the_gil():
         ext.composite_patch(ok, skipping, 0, 0, 4, 4, 3)
 
 
+@pytest.mark.parametrize("feather", [0, 6])
+@pytest.mark.parametrize("box", COMPOSITE_BOXES)
+def test_paste_generated_is_output_then_composite(box, feather, rng):
+    """The fused call equals its two steps (output into a copy of the crop's ROI, then the
+    composite) byte for byte, and leaves the crop untouched."""
+    frame = natural_image(720, 1280, seed=7)
+    crop = natural_image(328, 328, seed=8)
+    crop.flags.writeable = False
+    pred = rng.uniform(-0.1, 1.1, (3, 320, 320)).astype(np.float32)
+    want = frame.copy()
+    work = crop.copy()
+    image.from_generator_output(pred, work[4:324, 4:324])
+    image.composite_patch(want, work, box, feather=feather)
+    got = frame.copy()
+    image.paste_generated(pred, crop, got, box, feather)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(crop, natural_image(328, 328, seed=8))
+
+
+def test_paste_generated_into_views_and_its_errors(rng):
+    """A crop and a frame that are views (column offsets, every other row); a (1, 3, 320, 320)
+    prediction; bad shapes, boxes and feathers named before the kernel runs."""
+    big_crop = natural_image(2 * 328, 400, seed=9)
+    crop = big_crop[::2, 40:368]
+    big = natural_image(2 * 360, 700, seed=10)
+    pred = rng.uniform(0, 1, (1, 3, 320, 320)).astype(np.float32)
+    work = np.ascontiguousarray(crop)
+    image.from_generator_output(pred, work[4:324, 4:324])
+    want = big.copy()
+    image.composite_patch(want[::2, 30:670], work, (100, 50, 282, 232), feather=6)
+    got = big.copy()
+    image.paste_generated(pred, crop, got[::2, 30:670], (100, 50, 282, 232), 6)
+    np.testing.assert_array_equal(got, want)
+    frame = np.zeros((100, 100, 3), np.uint8)
+    with pytest.raises(InputError, match="crop328 must have shape"):
+        image.paste_generated(pred, crop[:300], frame, (0, 0, 10, 10))
+    with pytest.raises(InputError, match="pred must have shape"):
+        image.paste_generated(pred[:, :, :300], crop, frame, (0, 0, 10, 10))
+    with pytest.raises(InputError, match="box"):
+        image.paste_generated(pred, crop, frame, (0, 0, 101, 10))
+    with pytest.raises(InputError, match="feather"):
+        image.paste_generated(pred, crop, frame, (0, 0, 10, 10), -1)
+    with pytest.raises(InputError, match="read-only"):
+        ro = frame.copy()
+        ro.flags.writeable = False
+        image.paste_generated(pred, crop, ro, (0, 0, 10, 10))
+    from fastgen._ext import image as ext
+    with pytest.raises(ValueError, match="does not fit"):
+        ext.paste_generated(pred[0], np.zeros((300, 300, 3), np.uint8), frame, 0, 0, 10, 10, 0, 4)
+
+
 def test_resize_and_composite_two_threads_equal_sequential():
-    """Both resize paths and both paste modes from a 2-thread pool, as the engine's workers call
+    """Both resize paths, both paste modes and the fused paste from a 2-thread pool, as the engine's workers call
     them: the same bytes as one thread."""
     crops = [natural_image(328, 328, seed=s) for s in range(12)]
 
     def work(i):
         frame = natural_image(360, 640, seed=200 + i)
         image.composite_patch(frame, crops[i], (90 + i, 40, 272 + 2 * i, 222 + i), feather=(i % 2) * 6)
-        return (frame, image.resize_bicubic(crops[i], 181 + i, 300 - i),
+        pasted = natural_image(360, 640, seed=300 + i)
+        pred = np.random.default_rng(i).uniform(0, 1, (3, 320, 320)).astype(np.float32)
+        image.paste_generated(pred, crops[i], pasted, (50, 30 + i, 290 - i, 300), (i % 2) * 6)
+        return (frame, pasted, image.resize_bicubic(crops[i], 181 + i, 300 - i),
                 image.resize_bicubic(crops[i][i:], 328, 340 + i),
                 image.resize_bicubic(crops[i], 328 - i, 328, exact=True))
 

@@ -40,20 +40,25 @@ class Frame:
     The engine's frames are made lazily: they hold ``patch``, the pixels inside ``changed``, and
     ``base``, a callable that returns the template's frame; ``image`` composes the two on first
     use (and keeps the result).  A sink that needs only the changed rows never decodes the rest.
+    ``region``, when the step made it, is ``(pixels, (x0, y0, x1, y1))``: the frame's pixels in a
+    box that holds ``changed`` (the JPEG tiles around it; ``patch`` is a view of them), so a
+    splicing sink encodes them as they are.
     """
 
     __slots__ = ("index", "pts", "_image", "utterance", "position", "generated", "template", "changed",
-                 "patch", "base")
+                 "patch", "base", "region")
 
     def __init__(self, index: int, pts: float, image: Optional[np.ndarray] = None, utterance: int = 0,
                  position: int = 0, generated: bool = True, template: int = -1,
                  changed: Optional[tuple] = None, *, patch: Optional[np.ndarray] = None,
-                 base: Optional[Callable[[], np.ndarray]] = None):
+                 base: Optional[Callable[[], np.ndarray]] = None,
+                 region: Optional[tuple[np.ndarray, tuple]] = None):
         if image is None and (patch is None or base is None or changed is None):
             raise ValueError("a Frame needs its image, or a patch, the box it changes and its base")
         self.index, self.pts, self._image = index, pts, image
         self.utterance, self.position, self.generated = utterance, position, generated
         self.template, self.changed, self.patch, self.base = template, changed, patch, base
+        self.region = region
 
     @property
     def image(self) -> np.ndarray:
@@ -121,22 +126,33 @@ class FrameStep:
         return frame
 
     def patch(self, k: int, pred: np.ndarray) -> np.ndarray:
-        """The pixels of :meth:`finish`'s frame inside :meth:`changed`'s box, without the frame.
+        """The pixels of :meth:`finish`'s frame inside :meth:`changed`'s box, without the frame
+        (a view of :meth:`patch_region`'s pixels)."""
+        pixels, (ax0, ay0, _, _) = self.patch_region(k, pred)
+        x0, y0, x1, y1 = self.changed(k)
+        return pixels[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
 
-        The template's pixels under the box come from :meth:`Avatar.region`: a decode of only the
-        JPEG tiles around it (the tiles a spliced JPEG re-encodes, so the JPEG sink reads the same
-        cached pixels), never of the whole frame.
+    def patch_region(self, k: int, pred: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The finished frame's pixels in :meth:`Avatar.region_box` of the crop box, and that box.
+
+        The template's pixels come from :meth:`Avatar.region`: a decode of only the JPEG tiles
+        around the box (the tiles a spliced JPEG re-encodes, which it then takes from here as they
+        are), never of the whole frame.  ``pred`` is converted and pasted in one GIL-free call
+        (:func:`fastgen.image.paste_generated`).
         """
-        x0, y0, x1, y1 = (int(v) for v in self.avatar.box(k))
-        pixels = self.avatar.region(k, x0, y0, x1, y1).copy()
-        crop = self.avatar.crop(k).copy()
-        paste_output(pred, crop, pixels, (0, 0, x1 - x0, y1 - y0), self.feather)
-        return pixels
+        x0, y0, x1, y1 = self.changed(k)
+        ax0, ay0, ax1, ay1 = self.avatar.region_box(k, x0, y0, x1, y1)
+        pixels = self.avatar.region(k, ax0, ay0, ax1, ay1).copy()
+        image.paste_generated(pred, self.avatar.crop(k), pixels, (x0 - ax0, y0 - ay0, x1 - ax0, y1 - ay0),
+                              self.feather)
+        return pixels, (ax0, ay0, ax1, ay1)
 
     def frame(self, j: int, pts: float, k: int, pred: np.ndarray) -> Frame:
         """Output frame ``j`` (at ``pts``) of template ``k`` with ``pred`` pasted, made lazily."""
-        return Frame(j, pts, template=k, changed=self.changed(k), patch=self.patch(k, pred),
-                     base=lambda: self.avatar.frame(k), position=j)
+        pixels, (ax0, ay0, ax1, ay1) = self.patch_region(k, pred)
+        x0, y0, x1, y1 = changed = self.changed(k)
+        return Frame(j, pts, template=k, changed=changed, patch=pixels[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0],
+                     base=lambda: self.avatar.frame(k), position=j, region=(pixels, (ax0, ay0, ax1, ay1)))
 
     def template(self, k: int) -> np.ndarray:
         """A writable copy of template ``k``'s frame (idle or silent frames)."""

@@ -59,6 +59,18 @@ def _check_float(name: str, arr: object, shape: Sequence[int], *, writable: bool
     return arr
 
 
+def _check_box(box: object, frame: np.ndarray) -> tuple[int, int, int, int]:
+    """``box`` as four ints (x0, y0, x1, y1), non-empty and inside ``frame``."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InputError(f"box must be four integers (x0, y0, x1, y1), got {box!r}") from None
+    h, w = frame.shape[:2]
+    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+        raise InputError(f"box {(x0, y0, x1, y1)} is empty or outside the {w}x{h} frame")
+    return x0, y0, x1, y1
+
+
 def to_generator_input(roi: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Write one BGR ROI as the generator's 6-channel input (docs/semantics.md §5).
 
@@ -131,15 +143,26 @@ def composite_patch(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], 
     """
     frame = _check_image("frame", frame, writable=True)
     crop328 = _check_image("crop328", crop328)
-    try:
-        x0, y0, x1, y1 = (int(v) for v in box)
-    except (TypeError, ValueError):
-        raise InputError(f"box must be four integers (x0, y0, x1, y1), got {box!r}") from None
-    h, w = frame.shape[:2]
-    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise InputError(f"box {(x0, y0, x1, y1)} is empty or outside the {w}x{h} frame")
+    x0, y0, x1, y1 = _check_box(box, frame)
     feather = int(feather)
     if feather < 0:
         raise InputError(f"feather must be >= 0, got {feather}")
     _image.composite_patch(frame, crop328, x0, y0, x1, y1, feather)
+    return frame
+
+
+def paste_generated(pred: np.ndarray, crop328: np.ndarray, frame: np.ndarray, box: Sequence[int],
+                    feather: int = 0) -> np.ndarray:
+    """:func:`from_generator_output` of ``pred`` into the ROI of a copy of ``crop328``, then
+    :func:`composite_patch` of that copy into ``frame`` at ``box``, in one GIL-free call that
+    leaves ``crop328`` as it is (no copy of it is made in Python).  Returns ``frame``."""
+    if isinstance(pred, np.ndarray) and pred.ndim == 4 and pred.shape[0] == 1:
+        pred = pred[0]
+    pred = _check_float("pred", pred, (3, ROI_SIZE, ROI_SIZE))
+    crop328 = _check_image("crop328", crop328, shape=(CROP_SIZE, CROP_SIZE, 3))
+    frame = _check_image("frame", frame, writable=True)
+    x0, y0, x1, y1 = _check_box(box, frame)
+    if int(feather) < 0:
+        raise InputError(f"feather must be >= 0, got {feather}")
+    _image.paste_generated(pred, crop328, frame, x0, y0, x1, y1, int(feather), ROI_OFFSET)
     return frame

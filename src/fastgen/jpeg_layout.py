@@ -146,3 +146,25 @@ def restart_segments(data: bytes, interval: int) -> list[bytes]:
         return kernel(scan, huffman_tables(header), -(-h // mh), -(-w // mw), interval)
     except ValueError as e:
         raise InputError(f"cannot cut the JPEG's scan into restart segments: {e}") from None
+
+
+def segment_starts(scan: bytes) -> np.ndarray:
+    """Where each restart segment of ``scan`` (entropy-coded data with RST markers) starts, and
+    ``len(scan) + 2`` after the last: what :func:`splice_tiles` takes for a template."""
+    starts = [0, *(m.end() for m in _RST.finditer(scan)), len(scan) + 2]
+    return np.asarray(starts, np.int64)
+
+
+def splice_tiles(header: bytes, template_scan: bytes, starts: np.ndarray, tiles: int, fresh: bytes,
+                 tables: np.ndarray, interval: int, box: tuple[int, int, int, int]) -> bytes:
+    """A whole JPEG: ``header`` (with DRI), the template's scan with the tiles of ``box``
+    (t0, r0, t1, r1) replaced by those of ``fresh`` (one libjpeg-turbo encode of exactly those
+    tiles, no restarts; cut as :func:`restart_segments` does), RST markers numbered, and EOI.
+    One call that holds the GIL only to allocate the result (``_ext/scan_core.h``)."""
+    from ._ext.scan import splice as kernel
+
+    t0, r0, t1, r1 = box
+    try:
+        return kernel(header, template_scan, starts, tiles, fresh, tables, interval, t0, r0, t1, r1)
+    except ValueError as e:
+        raise InputError(f"cannot splice the frame's tiles into its template: {e}") from None

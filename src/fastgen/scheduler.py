@@ -9,6 +9,8 @@ Data flow (one direction)::
                                 FrameStep.patch: output -> the pasted pixels of the face box (and,
                                 when the sink shares the pool, its encodes)
     [caller]                    lazy Frame objects in order, from futures keyed by frame number
+                                (or, after :meth:`FrameScheduler.finish_with`, each frame with
+                                what a sink's function made of it in the same pool task)
 
 One pool of ``workers`` threads does all per-frame work, so ``workers`` is the number of cores the
 frame path uses; a sink given the same ``executor`` encodes on it too.  While a session runs
@@ -26,8 +28,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from queue import Empty, SimpleQueue
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -59,16 +62,17 @@ class FrameScheduler:
         # may still await the caller (so the next claim rarely finds the permits taken), plus
         # what the workers and the sink hold
         self.depth = self.batch * len(self.sessions) * (self.ahead + 2) + 2 * self.workers
-        self.permits = threading.Semaphore(self.depth)
+        self.permits = Permits(self.depth)
         self.claim_lock = threading.Lock()        # permits are taken in frame order under it
-        self.ready = threading.Condition()        # guards futures, error, finished_threads
-        self.futures: dict[int, Future] = {}
+        # finished frames, errors and ended infer threads, as (frame number, value, error) or
+        # (None, None, error-or-None); one C-level queue, so a hand-off costs no Python locking
+        self.done: SimpleQueue = SimpleQueue()
+        self.futures: dict[int, Future] = {}      # frames in the pool, to cancel or wait on at the end
         self.next_job = jobs.start
-        self.error: Optional[BaseException] = None
-        self.finished_threads = 0
         self.stop = threading.Event()
         self.started = False
         self.executor = executor              # shared with the sink; else the scheduler's own
+        self.then: Optional[Callable[[int, Frame], Any]] = None   # see Frames.finish_with
 
     # ---------------------------------------------------------------- infer threads
 
@@ -111,8 +115,12 @@ class FrameScheduler:
         self.step.fill(self.order[j], inputs)
         self.features.window(j, audio)
 
-    def _finish(self, j: int, pred: np.ndarray) -> Frame:
-        return self.step.frame(j, frame_time(j), self.order[j], pred)
+    def _finish(self, j: int, pred: np.ndarray) -> None:
+        try:
+            frame = self.step.frame(j, frame_time(j), self.order[j], pred)
+            self.done.put((j, frame if self.then is None else (frame, self.then(j - self.jobs.start, frame)), None))
+        except BaseException as exc:
+            self.done.put((j, None, exc))
 
     def _infer(self, session: Session, pool: Executor) -> None:
         try:
@@ -141,40 +149,45 @@ class FrameScheduler:
                 n = len(claimed)
                 pred = session.run({"input": inputs[:n], "audio": audio[:n]})
                 spare.append((inputs, audio))
-                with self.ready:
-                    for i, j in enumerate(claimed):
-                        self.futures[j] = pool.submit(self._finish, j, pred[i])
-                    self.ready.notify_all()
+                for i, j in enumerate(claimed):
+                    fut = self.futures[j] = pool.submit(self._finish, j, pred[i])
+                    if fut.done():       # it may have been taken before it was stored here
+                        self.futures.pop(j, None)
                 top_up(holding=False)
             for _, _, _, fills in queued:
                 for fill in fills:
                     fill.result()     # raises a fill error; otherwise the claimed frames are dropped
+            self.done.put((None, None, None))
         except BaseException as exc:  # surfaces in the caller, which re-raises it
-            with self.ready:
-                self.error = self.error or exc
-                self.ready.notify_all()
-        finally:
-            with self.ready:
-                self.finished_threads += 1
-                self.ready.notify_all()
+            self.done.put((None, None, exc))
 
     # ---------------------------------------------------------------- caller
 
-    def _next_future(self, j: int, threads: int) -> Future:
-        with self.ready:
-            while j not in self.futures and self.error is None:
-                if self.finished_threads == threads:
-                    raise RuntimeError(f"fastgen: frame {j} was never produced")
-                self.ready.wait(_POLL_S)
-            if self.error is not None:
-                raise self.error
-            return self.futures.pop(j)
+    def _result(self, j: int, early: dict, running: list) -> object:
+        """Frame j's value from the ``done`` queue (later frames that come first wait in
+        ``early``; ``running`` counts infer threads still going)."""
+        while j not in early:
+            try:
+                k, value, exc = self.done.get(timeout=_POLL_S)
+            except Empty:
+                # every infer thread is done, nothing is in the pool, and frame j never came
+                if running[0] == 0 and not any(not f.done() for f in self.futures.values()):
+                    raise RuntimeError(f"fastgen: frame {j} was never produced") from None
+                continue
+            if exc is not None:
+                raise exc
+            if k is None:
+                running[0] -= 1
+            else:
+                early[k] = value
+        self.futures.pop(j, None)
+        return early.pop(j)
 
-    def __iter__(self) -> Iterator[Frame]:
+    def __iter__(self) -> "Frames":
         if self.started:
             raise RuntimeError("a FrameScheduler runs once; make a new one")
         self.started = True
-        return self._frames()
+        return Frames(self)
 
     def _frames(self) -> Iterator[Frame]:
         own = self.executor is None
@@ -183,9 +196,11 @@ class FrameScheduler:
                                     daemon=True) for i, s in enumerate(self.sessions)]
         for t in threads:
             t.start()
+        early: dict = {}
+        running = [len(threads)]
         try:
             for j in self.jobs:
-                frame = self._next_future(j, len(threads)).result()
+                frame = self._result(j, early, running)
                 self.permits.release()
                 yield frame
         finally:
@@ -194,5 +209,62 @@ class FrameScheduler:
                 t.join()
             for fut in self.futures.values():
                 fut.cancel()
+            if self.then is not None:      # a sink's function may write files: done before it cleans up
+                wait(list(self.futures.values()))
             if own:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Permits:
+    """A counting semaphore (``acquire(blocking, timeout)``, ``release()``) on a
+    :class:`queue.SimpleQueue` of tokens: each call is one C call, where
+    :class:`threading.Semaphore` runs Python code under a condition every time."""
+
+    def __init__(self, n: int):
+        self.tokens: SimpleQueue = SimpleQueue()
+        for _ in range(n):
+            self.tokens.put(None)
+
+    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
+        try:
+            self.tokens.get(blocking, timeout)
+            return True
+        except Empty:
+            return False
+
+    def release(self) -> None:
+        self.tokens.put(None)
+
+
+class Frames:
+    """The frames of one :class:`FrameScheduler` run, in order: an iterator.
+
+    The threads start at the first ``next``; closing it, or dropping it (nothing but the caller
+    holds it, so that is prompt), stops them and drops what is in flight.
+    """
+
+    def __init__(self, scheduler: FrameScheduler):
+        self.scheduler = scheduler
+        self.running: Optional[Iterator] = None
+
+    def __iter__(self) -> "Frames":
+        return self
+
+    def __next__(self):
+        if self.running is None:
+            self.running = self.scheduler._frames()
+        return next(self.running)
+
+    def close(self) -> None:
+        if self.running is not None:
+            self.running.close()
+
+    def finish_with(self, fn: Callable[[int, Frame], Any]) -> "Frames":
+        """Run ``fn(position, frame)`` on the pool task that finishes each frame, right after it,
+        and yield ``(frame, fn's result)`` in order instead of frames (``position`` counts from
+        0).  A sink that shares the pool encodes (and writes) each frame so, without a task and a
+        hand-off of its own per frame.  Call before the first frame."""
+        if self.running is not None:
+            raise RuntimeError("finish_with must come before the first frame")
+        self.scheduler.then = fn
+        return self

@@ -31,8 +31,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import InputError
-from .jpeg_layout import (assemble, geometry, interleaved, restart_interval, restart_segments, row_segments,
-                          split, tables, with_restarts, with_size)
+from .jpeg_layout import (assemble, geometry, huffman_tables, restart_interval, restart_segments, row_segments,
+                          segment_starts, splice_tiles, split, tables, with_restarts, with_size)
 
 MCU_ROWS = 16                      # 4:2:0: an MCU is 16x16 pixels
 SUBSAMPLING = "420"
@@ -205,10 +205,12 @@ class SplicingEncoder:
         self.quality = int(quality)
         self.budget = int(cache_mb * 1024 * 1024)
         self.lock = threading.Lock()
-        self.cache: OrderedDict[int, tuple[TileGrid, list[bytes]]] = OrderedDict()
+        # template k -> (its grid, its scan with RST markers, where each segment starts)
+        self.cache: OrderedDict[int, tuple[TileGrid, bytes, np.ndarray]] = OrderedDict()
         self.bytes = 0
         self.headers: dict[TileGrid, bytes] = {}
         self.reference_tables: Optional[bytes] = None
+        self.huffman: Optional[np.ndarray] = None
         self.counts = {"spliced": 0, "full": 0, "templates_cut": 0, "templates_encoded": 0}
 
     def _header(self, grid: TileGrid) -> bytes:
@@ -222,37 +224,43 @@ class SplicingEncoder:
 
     def _tables(self) -> bytes:
         if self.reference_tables is None:
-            self.reference_tables = tables(split(encode(np.zeros((16, 16, 3), np.uint8), self.quality))[0])
+            header = split(encode(np.zeros((16, 16, 3), np.uint8), self.quality))[0]
+            self.huffman = huffman_tables(header)
+            self.reference_tables = tables(header)
         return self.reference_tables
 
-    def _segments(self, k: int, h: int, w: int) -> tuple[TileGrid, list[bytes]]:
-        """Template k's grid and its tiles with their RST markers between them (:func:`interleaved`;
-        tile i is item 2 i): cut from its JPEG, or encoded once from its pixels."""
+    def _segments(self, k: int, h: int, w: int) -> tuple[TileGrid, bytes, np.ndarray]:
+        """Template k's grid, its scan (tiles with their RST markers) and where each tile starts
+        (:func:`~fastgen.jpeg_layout.segment_starts`): cut from its JPEG, or encoded once from
+        its pixels."""
         with self.lock:
             hit = self.cache.get(k)
             if hit is not None:
                 self.cache.move_to_end(k)
                 return hit
         data = self.template_jpeg(k)
-        header, _ = split(data)
+        header, scan = split(data)
         grid = TileGrid.of(header)
-        segs: list[bytes] = []
+        starts = None
         if grid is not None and (grid.height, grid.width) == (h, w) and tables(header) == self._tables():
-            segs = row_segments(data)
+            starts = segment_starts(scan)
         kind = "templates_cut"
-        if grid is None or len(segs) != grid.count:
+        if grid is None or starts is None or len(starts) != grid.count + 1:
             grid = TileGrid.for_size(h, w)
-            segs = tile_block(self.template_image(k), self.quality, grid, 0, 0, grid.tiles, grid.rows)
+            scan = split(assemble(self._header(grid), tile_block(self.template_image(k), self.quality, grid,
+                                                                  0, 0, grid.tiles, grid.rows)))[1]
+            starts = segment_starts(scan)
             kind = "templates_encoded"
+        entry = (grid, scan, starts)
         with self.lock:
             self.counts[kind] += 1
             if k not in self.cache:
-                self.cache[k] = (grid, interleaved(segs))
-                self.bytes += sum(map(len, segs))
+                self.cache[k] = entry
+                self.bytes += len(scan) + starts.nbytes
                 while self.bytes > self.budget and len(self.cache) > 1:
-                    _, (_, old) = self.cache.popitem(last=False)
-                    self.bytes -= sum(map(len, old[0::2]))
-            return self.cache.get(k) or (grid, interleaved(segs))
+                    _, (_, old_scan, old_starts) = self.cache.popitem(last=False)
+                    self.bytes -= len(old_scan) + old_starts.nbytes
+            return self.cache.get(k) or entry
 
     def _size(self, k: int) -> tuple[int, int]:
         size = self.sizes.get(k)
@@ -263,20 +271,19 @@ class SplicingEncoder:
 
     def _splice(self, k: int, h: int, w: int, changed: Sequence[int], pixels: Callable) -> bytes:
         """Template k's tiles with those under ``changed`` encoded from ``pixels(box)``, the
-        frame's pixels in a box of whole tiles."""
-        grid, parts = self._segments(k, h, w)
+        frame's pixels in a box of whole tiles: one encode of that box, then one call that cuts it
+        into tiles and writes the whole file (:func:`~fastgen.jpeg_layout.splice_tiles`)."""
+        grid, scan, starts = self._segments(k, h, w)
+        self._tables()
         x0, y0, x1, y1 = changed
-        if x1 > x0 and y1 > y0:
-            t0, r0, t1, r1 = grid.span(x0, y0, x1, y1)
-            box = grid.pixels(t0, r0, t1, r1)
-            encoded = iter(tile_block(pixels(box), self.quality, grid, t0, r0, t1, r1, origin=box[:2]))
-            parts = list(parts)
-            for r in range(r0, r1):
-                for t in range(t0, t1):
-                    parts[2 * (r * grid.tiles + t)] = next(encoded)
         with self.lock:
             self.counts["spliced"] += 1
-        return b"".join([self._header(grid), *parts, b"\xff\xd9"])
+        if x1 <= x0 or y1 <= y0:
+            return b"".join([self._header(grid), scan, b"\xff\xd9"])
+        span = grid.span(x0, y0, x1, y1)
+        box = grid.pixels(*span)
+        return splice_tiles(self._header(grid), scan, starts, grid.tiles, encode(pixels(box), self.quality),
+                            self.huffman, grid.interval, span)
 
     def encode_frame(self, frame) -> bytes:
         """A :class:`~fastgen.frame.Frame` as JPEG.  A lazy frame (``patch`` + ``changed``) is
@@ -289,7 +296,11 @@ class SplicingEncoder:
         if h < MCU_ROWS or x1 <= x0 or y1 <= y0:
             return self.encode(frame.image, k, changed)
 
+        made = frame.region
+
         def pixels(box):
+            if made is not None and tuple(made[1]) == tuple(box):
+                return made[0]                   # the step's own pixels of these tiles
             bx0, by0, bx1, by1 = box
             region = self.template_region(k, bx0, by0, bx1, by1).copy()
             region[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] = patch

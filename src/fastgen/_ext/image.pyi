@@ -12,3 +12,7 @@ def composite_patch(
     frame: npt.NDArray[np.uint8], patch: npt.NDArray[np.uint8],
     x0: int, y0: int, x1: int, y1: int, feather: int,
 ) -> None: ...
+def paste_generated(
+    pred: npt.NDArray[np.float32], crop: npt.NDArray[np.uint8], frame: npt.NDArray[np.uint8],
+    x0: int, y0: int, x1: int, y1: int, feather: int, roi_offset: int,
+) -> None: ...

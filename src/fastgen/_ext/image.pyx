@@ -11,6 +11,7 @@ from threading import Lock
 from libc.math cimport floor, nearbyintf
 from libc.stddef cimport ptrdiff_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 ctypedef unsigned char u8
 
@@ -285,3 +286,50 @@ def composite_patch(u8[:, :, :] frame, const u8[:, :, :] patch, Py_ssize_t x0,
         rc = fr_run(&plan.plan, &patch[0, 0, 0], pp, box, fp, feather)
     if rc:
         raise MemoryError("composite_patch: out of memory")
+
+
+def paste_generated(const float[:, :, ::1] pred, const u8[:, :, :] crop, u8[:, :, :] frame,
+                    Py_ssize_t x0, Py_ssize_t y0, Py_ssize_t x1, Py_ssize_t y1, int feather,
+                    Py_ssize_t roi_offset):
+    """from_generator_output into a private copy of ``crop`` (at ``roi_offset``), then
+    composite_patch of that copy into ``frame``: one GIL-free call, ``crop`` untouched.
+
+    Only the copy's border (outside the ROI the output overwrites) is copied from ``crop``.
+    """
+    cdef Py_ssize_t cp = _pitch(crop, "crop"), fp = _pitch(frame, "frame")
+    cdef Py_ssize_t ch = crop.shape[0], cw = crop.shape[1], ph = pred.shape[1], pw = pred.shape[2]
+    cdef Py_ssize_t bw = x1 - x0, bh = y1 - y0, row, pitch = 3 * cw
+    cdef int rc = 0
+    cdef u8 *scratch
+    cdef const u8 *src
+    if pred.shape[0] != 3:
+        raise ValueError(f"pred: expected 3 planes, got shape ({pred.shape[0]}, {ph}, {pw})")
+    if not (0 <= roi_offset and roi_offset + ph <= ch and roi_offset + pw <= cw) or ph == 0 or pw == 0:
+        raise ValueError(f"pred ({ph}x{pw}) at offset {roi_offset} does not fit the {ch}x{cw} crop")
+    if not (0 <= x0 < x1 <= frame.shape[1] and 0 <= y0 < y1 <= frame.shape[0]):
+        raise ValueError(f"box ({x0}, {y0}, {x1}, {y1}) is empty or outside the "
+                         f"{frame.shape[1]}x{frame.shape[0]} frame")
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    for n, what in ((ch, "crop height"), (cw, "crop width"), (bh, "box height"), (bw, "box width")):
+        _check_side(n, what)
+    cdef _ResizePlan plan = _plan(ch, cw, bh, bw)
+    cdef u8 *box = &frame[y0, x0, 0]
+    with nogil:
+        scratch = <u8 *>malloc(<size_t>(ch * pitch))
+        if scratch == NULL:
+            rc = -1
+        else:
+            for row in range(ch):
+                src = &crop[row, 0, 0]
+                if row < roi_offset or row >= roi_offset + ph:
+                    memcpy(scratch + row * pitch, src, <size_t>pitch)
+                else:
+                    memcpy(scratch + row * pitch, src, <size_t>(3 * roi_offset))
+                    memcpy(scratch + row * pitch + 3 * (roi_offset + pw), src + 3 * (roi_offset + pw),
+                           <size_t>(3 * (cw - roi_offset - pw)))
+            fc_from_output(&pred[0, 0, 0], ph, pw, scratch + roi_offset * pitch + 3 * roi_offset, pitch)
+            rc = fr_run(&plan.plan, scratch, pitch, box, fp, feather)
+            free(scratch)
+    if rc:
+        raise MemoryError("paste_generated: out of memory")

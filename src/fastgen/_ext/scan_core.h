@@ -303,4 +303,70 @@ static int fs_restart_segments(const uint8_t *scan, size_t scan_len, int mcu_row
     return status;
 }
 
+/* Where the scan of a baseline JPEG lies: [*start, *end) after its SOS segment, EOI excluded,
+ * and its size in 4:2:0 MCUs.  The JPEG must be 3 components 4:2:0 without restarts. */
+static int fs_find_scan(const uint8_t *d, size_t n, size_t *start, size_t *end, int *mcu_rows,
+                        int *mcu_cols)
+{
+    size_t i = 2;
+    int found_frame = 0;
+    if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return FS_BAD_DATA;
+    while (i + 4 <= n) {
+        int marker = d[i + 1];
+        size_t length = ((size_t)d[i + 2] << 8) | d[i + 3];
+        if (d[i] != 0xFF || length < 2 || i + 2 + length > n) return FS_BAD_DATA;
+        if (marker == 0xC0 || marker == 0xC1) {
+            const uint8_t *f = d + i + 4;
+            if (length < 17 || f[5] != 3 || f[7] != 0x22 || f[10] != 0x11 || f[13] != 0x11)
+                return FS_BAD_DATA;
+            *mcu_rows = (((int)f[1] << 8 | f[2]) + 15) / 16;
+            *mcu_cols = (((int)f[3] << 8 | f[4]) + 15) / 16;
+            found_frame = 1;
+        } else if (marker == 0xDD) {
+            return FS_MARKER;
+        } else if (marker == 0xDA) {
+            if (!found_frame) return FS_BAD_DATA;
+            *start = i + 2 + length;
+            *end = n >= *start + 2 && d[n - 2] == 0xFF && d[n - 1] == 0xD9 ? n - 2 : n;
+            return FS_OK;
+        }
+        i += 2 + length;
+    }
+    return FS_BAD_DATA;
+}
+
+/* A spliced frame's size, then (``out`` not NULL) the frame itself: ``header``, then the
+ * template's scan (``tmpl``, restart markers included; segment i of ``count`` starts at
+ * ``starts[i]``, ``starts[count]`` = its length + 2) with tiles t0..t1 of MCU rows r0..r1
+ * (``tiles`` a row) taken from ``fresh`` (their segments, back to back, at ``fresh_offsets``),
+ * then EOI.  Runs of template segments are copied whole, restart markers and all: a segment
+ * keeps its index, so its marker keeps its number. */
+static size_t fs_assemble(const uint8_t *header, size_t header_len, const uint8_t *tmpl,
+                          const int64_t *starts, int count, int tiles, int t0, int r0, int t1, int r1,
+                          const uint8_t *fresh, const int64_t *fresh_offsets, uint8_t *out)
+{
+    static const uint8_t eoi[2] = {0xFF, 0xD9};
+    size_t len = 0, from = 0;
+    int r, t;
+#define FS_EMIT(src, n) do { if (out) memcpy(out + len, (src), (n)); len += (n); } while (0)
+    FS_EMIT(header, header_len);
+    for (r = r0; r < r1; r++) {
+        size_t first = (size_t)starts[r * tiles + t0];
+        FS_EMIT(tmpl + from, first - from);
+        for (t = t0; t < t1; t++) {
+            int i = r * tiles + t, k = (r - r0) * (t1 - t0) + (t - t0);
+            FS_EMIT(fresh + fresh_offsets[k], (size_t)(fresh_offsets[k + 1] - fresh_offsets[k]));
+            if (t + 1 < t1) {
+                uint8_t marker[2] = {0xFF, (uint8_t)(0xD0 + (i & 7))};
+                FS_EMIT(marker, 2);
+            }
+        }
+        from = (size_t)starts[r * tiles + t1] - 2;           /* the marker after this row's last */
+    }
+    FS_EMIT(tmpl + from, (size_t)starts[count] - 2 - from);
+    FS_EMIT(eoi, 2);
+#undef FS_EMIT
+    return len;
+}
+
 #endif

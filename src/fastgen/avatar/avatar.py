@@ -164,6 +164,14 @@ class Avatar:
                                   lambda: self._decode_region(k, ax0, ay0, ax1, ay1))
         return tiles[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
 
+    def region_box(self, k: int, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
+        """The box :meth:`region` decodes and caches for ``(x0, y0, x1, y1)``: whole JPEG tiles
+        around it where template ``k`` is stored in tiles (what a spliced frame re-encodes), else
+        the box itself.  A region of this box is served from the cache without slicing."""
+        x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
+        grid = self._grid(self._check_index(k)) if x1 > x0 and y1 > y0 else None
+        return (x0, y0, x1, y1) if grid is None else grid.aligned(x0, y0, x1, y1)
+
     def rows(self, k: int, y0: int, y1: int) -> np.ndarray:
         """Rows ``y0:y1`` of template ``k``'s frame (full width): :meth:`region` of those rows."""
         return self.region(k, 0, y0, self.frame_size[0], y1)

@@ -12,6 +12,7 @@ and encodes, as :meth:`Generator.render` runs it), CPU ms per frame (process CPU
 """
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 import time
@@ -76,9 +77,15 @@ def null_feature_table(wav: np.ndarray, embeddings: np.ndarray, frames: int) -> 
     return FeatureTable.from_windows(windows, NullEncoder(embeddings), count=frames)
 
 
+_RUNS = itertools.count()
+
+
 def _run(gen: Generator, null: NullSession, wav, frames: int, mode: str, workers: int, out: Path,
          splicer: SplicingEncoder, embeddings: np.ndarray) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one whole run, mel front end included."""
+    """(wall seconds, process CPU seconds) of one whole run, mel front end included.  Every run
+    writes a new output (replacing the last one would time its deletion too); the caller's
+    temporary directory takes them all away at the end."""
+    name = f"{mode}-{workers}-{next(_RUNS)}"
     t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(workers, thread_name_prefix="fastgen-work") as pool:
         table = null_feature_table(wav, embeddings, frames)
@@ -87,10 +94,10 @@ def _run(gen: Generator, null: NullSession, wav, frames: int, mode: str, workers
         if mode == "mp4":
             from ..audio import SourceAudio
 
-            sink = VideoFile(out / "frames.mp4", SourceAudio(wav.reshape(-1, 1), 16000), gen.avatar.frame_size,
+            sink = VideoFile(out / f"{name}.mp4", SourceAudio(wav.reshape(-1, 1), 16000), gen.avatar.frame_size,
                              executor=pool, workers=workers)
         else:
-            sink = JpegDirectory(out / f"{mode}-{workers}", 95, splicer=splicer if mode == "splice" else None,
+            sink = JpegDirectory(out / name, 95, splicer=splicer if mode == "splice" else None,
                                  workers=workers, executor=pool)
         n = sink.write(sched, total=frames)
     assert n == frames
