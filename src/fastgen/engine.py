@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -33,6 +33,7 @@ from .runtime.fidelity import Check, avatar_inputs
 from .scheduler import FrameScheduler
 from .sinks import check_quality, open_sink, output_kind
 from .timing import FEATURE_CONTEXT, SAMPLE_RATE
+from .workers import WorkerPool
 
 AudioLike = Union[str, "os.PathLike[str]", np.ndarray]
 ENCODER_BATCH = 64
@@ -332,7 +333,7 @@ class Generator:
             splicer = SplicingEncoder(self.avatar.jpeg, self.avatar.frame, jpeg_quality,
                                       template_region=self.avatar.region)
         workers = self.config.workers
-        with ThreadPoolExecutor(workers, thread_name_prefix="fastgen-work") as pool:
+        with WorkerPool(workers) as pool:
             sink = open_sink(output, jpeg_quality=jpeg_quality, audio=source,
                              frame_size=self.avatar.frame_size, splicer=splicer, workers=workers,
                              preset=preset, crf=crf, executor=pool, video_codec=video_codec)

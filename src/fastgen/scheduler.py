@@ -8,7 +8,7 @@ Data flow (one direction)::
     [worker pool]               fill inputs of the batches ahead, one task a frame;
                                 FrameStep.patch: output -> the pasted pixels of the face box (and,
                                 when the sink shares the pool, its encodes)
-    [caller]                    lazy Frame objects in order, from futures keyed by frame number
+    [caller]                    lazy Frame objects in order, from one queue of finished frames
                                 (or, after :meth:`FrameScheduler.finish_with`, each frame with
                                 what a sink's function made of it in the same pool task)
 
@@ -27,8 +27,9 @@ stops the threads promptly.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Executor
 from queue import Empty, SimpleQueue
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -38,8 +39,10 @@ from .frame import Frame, FrameStep
 from .image import ROI_SIZE
 from .runtime import Session
 from .timing import frame_time
+from .workers import WorkerPool
 
 _POLL_S = 0.1      # how often blocked threads look at the stop flag
+_DRAIN_S = 30.0    # the longest a stopped run waits for a sink's writes in flight
 
 
 class FrameScheduler:
@@ -67,7 +70,7 @@ class FrameScheduler:
         # finished frames, errors and ended infer threads, as (frame number, value, error) or
         # (None, None, error-or-None); one C-level queue, so a hand-off costs no Python locking
         self.done: SimpleQueue = SimpleQueue()
-        self.futures: dict[int, Future] = {}      # frames in the pool, to cancel or wait on at the end
+        self.pending: set[int] = set()            # frames handed to the pool and not yet reported
         self.next_job = jobs.start
         self.stop = threading.Event()
         self.started = False
@@ -111,23 +114,49 @@ class FrameScheduler:
         finally:
             self.claim_lock.release()
 
-    def _fill_one(self, j: int, inputs: np.ndarray, audio: np.ndarray) -> None:
-        self.step.fill(self.order[j], inputs)
-        self.features.window(j, audio)
+    def _fill_one(self, j: int, inputs: np.ndarray, audio: np.ndarray, filled: SimpleQueue) -> None:
+        """Frame j's inputs into ``inputs``/``audio``; reports None or the error to ``filled``."""
+        try:
+            if not self.stop.is_set():
+                self.step.fill(self.order[j], inputs)
+                self.features.window(j, audio)
+            filled.put(None)
+        except BaseException as exc:
+            filled.put(exc)
+
+    def _filled(self, filled: SimpleQueue, n: int) -> bool:
+        """Wait for ``n`` fills reported to ``filled``; False if the run stopped first."""
+        while n:
+            try:
+                exc = filled.get(timeout=_POLL_S)
+            except Empty:
+                if self.stop.is_set():
+                    return False
+                continue
+            if exc is not None:
+                raise exc
+            n -= 1
+        return True
 
     def _finish(self, j: int, pred: np.ndarray) -> None:
+        """Frame j from its prediction (and the sink's ``then``), reported to ``done``."""
         try:
-            frame = self.step.frame(j, frame_time(j), self.order[j], pred)
-            self.done.put((j, frame if self.then is None else (frame, self.then(j - self.jobs.start, frame)), None))
+            if not self.stop.is_set():
+                frame = self.step.frame(j, frame_time(j), self.order[j], pred)
+                self.done.put((j, frame if self.then is None else (frame, self.then(j - self.jobs.start, frame)), None))
         except BaseException as exc:
             self.done.put((j, None, exc))
+        finally:
+            self.pending.discard(j)
 
     def _infer(self, session: Session, pool: Executor) -> None:
+        # a WorkerPool runs a task without a Future; any other executor's Future is not needed
+        call = getattr(pool, "call", None) or pool.submit
         try:
             # input buffers: the pool fills the spare ones while the session reads one
             spare = [(np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32),
                       np.empty((self.batch, *self.audio_shape), np.float32)) for _ in range(self.ahead + 1)]
-            queued: deque = deque()        # (frames, inputs, audio, fill futures), in frame order
+            queued: deque = deque()        # (frames, inputs, audio, queue of fill reports), in frame order
 
             def top_up(holding: bool) -> None:
                 """Claim and start filling batches into the spare buffers.  Only a session that
@@ -137,26 +166,28 @@ class FrameScheduler:
                     if not claimed:
                         return
                     inputs, audio = spare.pop()
-                    fills = [pool.submit(self._fill_one, j, inputs[i], audio[i]) for i, j in enumerate(claimed)]
-                    queued.append((claimed, inputs, audio, fills))
+                    filled: SimpleQueue = SimpleQueue()
+                    for i, j in enumerate(claimed):
+                        call(self._fill_one, j, inputs[i], audio[i], filled)
+                    queued.append((claimed, inputs, audio, filled))
 
             top_up(holding=False)
             while queued and not self.stop.is_set():
-                claimed, inputs, audio, fills = queued.popleft()
-                for fill in fills:
-                    fill.result()
+                claimed, inputs, audio, filled = queued.popleft()
+                if not self._filled(filled, len(claimed)) or self.stop.is_set():
+                    break
                 top_up(holding=True)
                 n = len(claimed)
                 pred = session.run({"input": inputs[:n], "audio": audio[:n]})
                 spare.append((inputs, audio))
                 for i, j in enumerate(claimed):
-                    fut = self.futures[j] = pool.submit(self._finish, j, pred[i])
-                    if fut.done():       # it may have been taken before it was stored here
-                        self.futures.pop(j, None)
+                    self.pending.add(j)
+                    call(self._finish, j, pred[i])
                 top_up(holding=False)
-            for _, _, _, fills in queued:
-                for fill in fills:
-                    fill.result()     # raises a fill error; otherwise the claimed frames are dropped
+            for claimed, _, _, filled in queued:
+                # raises a fill error; otherwise the claimed frames are dropped
+                if not self._filled(filled, len(claimed)):
+                    break
             self.done.put((None, None, None))
         except BaseException as exc:  # surfaces in the caller, which re-raises it
             self.done.put((None, None, exc))
@@ -171,7 +202,7 @@ class FrameScheduler:
                 k, value, exc = self.done.get(timeout=_POLL_S)
             except Empty:
                 # every infer thread is done, nothing is in the pool, and frame j never came
-                if running[0] == 0 and not any(not f.done() for f in self.futures.values()):
+                if running[0] == 0 and not self.pending:
                     raise RuntimeError(f"fastgen: frame {j} was never produced") from None
                 continue
             if exc is not None:
@@ -180,7 +211,6 @@ class FrameScheduler:
                 running[0] -= 1
             else:
                 early[k] = value
-        self.futures.pop(j, None)
         return early.pop(j)
 
     def __iter__(self) -> "Frames":
@@ -189,9 +219,13 @@ class FrameScheduler:
         self.started = True
         return Frames(self)
 
+    def finish_with(self, fn: Callable[[int, Frame], Any]) -> "Frames":
+        """``iter(self).finish_with(fn)``: see :meth:`Frames.finish_with`."""
+        return iter(self).finish_with(fn)
+
     def _frames(self) -> Iterator[Frame]:
         own = self.executor is None
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fastgen-post") if own else self.executor
+        pool = WorkerPool(self.workers, "fastgen-post") if own else self.executor
         threads = [threading.Thread(target=self._infer, args=(s, pool), name=f"fastgen-infer-{i}",
                                     daemon=True) for i, s in enumerate(self.sessions)]
         for t in threads:
@@ -207,10 +241,11 @@ class FrameScheduler:
             self.stop.set()
             for t in threads:
                 t.join()
-            for fut in self.futures.values():
-                fut.cancel()
-            if self.then is not None:      # a sink's function may write files: done before it cleans up
-                wait(list(self.futures.values()))
+            # the pool skips frames not begun; a sink's function may be writing a file: it ends
+            # before the sink cleans up (bounded, in case a caller shut the pool down under us)
+            deadline = time.monotonic() + _DRAIN_S
+            while self.then is not None and self.pending and time.monotonic() < deadline:
+                time.sleep(0.001)
             if own:
                 pool.shutdown(wait=True, cancel_futures=True)
 

@@ -16,7 +16,6 @@ import itertools
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,6 +27,7 @@ from ..features import FeatureTable
 from ..runtime.fidelity import avatar_inputs, run_all
 from ..scheduler import FrameScheduler
 from ..sinks import JpegDirectory, VideoFile
+from ..workers import WorkerPool
 from ..splice import SplicingEncoder, TileGrid, decode_region, encode, split
 
 MODES = ("splice", "full", "mp4")
@@ -87,7 +87,7 @@ def _run(gen: Generator, null: NullSession, wav, frames: int, mode: str, workers
     temporary directory takes them all away at the end."""
     name = f"{mode}-{workers}-{next(_RUNS)}"
     t0, c0 = time.perf_counter(), time.process_time()
-    with ThreadPoolExecutor(workers, thread_name_prefix="fastgen-work") as pool:
+    with WorkerPool(workers) as pool:
         table = null_feature_table(wav, embeddings, frames)
         sched = FrameScheduler([null], gen.step, table, gen.avatar.order(table.frames.stop), table.frames,
                                batch=1, workers=workers, audio_shape=gen.audio_shape, executor=pool)
