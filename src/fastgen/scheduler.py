@@ -217,7 +217,7 @@ class FrameScheduler:
         if self.started:
             raise RuntimeError("a FrameScheduler runs once; make a new one")
         self.started = True
-        return Frames(self)
+        return Frames(self, self._frames)
 
     def finish_with(self, fn: Callable[[int, Frame], Any]) -> "Frames":
         """``iter(self).finish_with(fn)``: see :meth:`Frames.finish_with`."""
@@ -278,8 +278,8 @@ class Frames:
     holds it, so that is prompt), stops them and drops what is in flight.
     """
 
-    def __init__(self, scheduler: FrameScheduler):
-        self.scheduler = scheduler
+    def __init__(self, scheduler: FrameScheduler, start: Callable[[], Iterator]):
+        self.scheduler, self.start = scheduler, start
         self.running: Optional[Iterator] = None
 
     def __iter__(self) -> "Frames":
@@ -287,7 +287,7 @@ class Frames:
 
     def __next__(self):
         if self.running is None:
-            self.running = self.scheduler._frames()
+            self.running = self.start()
         return next(self.running)
 
     def close(self) -> None:
