@@ -99,6 +99,52 @@ def test_a_16k_mono_array_is_muxed_as_is(dataset, tmp_path):
     assert best_correlation(wav, sound[:, 0]) > 0.95
 
 
+@pytest.mark.parametrize("size", [(64, 48), (65, 47)])
+def test_video_frames_lazy_and_whole_odd_sizes(tmp_path, size):
+    """Lazy frames (template + patch, painted straight into the encoder's buffer) and whole
+    frames give the same video, and it is exactly the video of the frames' images padded by
+    repeating the edge (yuv420p needs even sizes) and handed to PyAV as arrays, decoded pixel
+    for pixel (same encoder settings; no tolerance needed)."""
+    from fastgen.frame import Frame
+    from fastgen.sinks import VideoFile
+
+    w, h = size
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:h, 0:w]
+    bases = [np.stack([(x * 3 + k * 40) % 256, (y * 5) % 256, ((x + y) * 2) % 256], -1).astype(np.uint8)
+             for k in range(3)]
+    box = (10, 8, 30, 26)
+    patches = [rng.integers(0, 256, (18, 20, 3), np.uint8) for _ in range(6)]
+    lazy = [Frame(i, i / FPS, template=i % 3, changed=box, patch=patches[i], base=lambda k=i % 3: bases[k])
+            for i in range(6)]
+    whole = [Frame(i, i / FPS, f.image.copy()) for i, f in enumerate(lazy)]
+    videos = []
+    for name, frames in (("lazy", lazy), ("whole", whole)):
+        out = tmp_path / f"{name}.mkv"
+        assert VideoFile(out, None, (w, h), crf=0, preset="ultrafast").write(frames) == 6
+        with av.open(str(out)) as container:
+            videos.append([f.to_ndarray(format="bgr24") for f in container.decode(video=0)])
+    even = (h + (h & 1), w + (w & 1))
+    out = tmp_path / "reference.mkv"
+    with av.open(str(out), mode="w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.height, stream.width = even
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "0", "preset": "ultrafast"}
+        for i, frame in enumerate(lazy):
+            padded = np.pad(frame.image, ((0, even[0] - h), (0, even[1] - w), (0, 0)), mode="edge")
+            picture = av.VideoFrame.from_ndarray(padded, format="bgr24")
+            picture.pts = i
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(out)) as container:
+        reference = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+    assert len(videos[0]) == len(videos[1]) == len(reference) == 6
+    assert videos[0][0].shape[:2] == even
+    assert all(np.array_equal(a, r) and np.array_equal(b, r) for a, b, r in zip(*videos, reference))
+
+
 def test_preset_and_crf_reach_the_encoder(dataset, tmp_path):
     gen = Generator(dataset, threads=1)
     wav = speech_like(1.0, seed=2)

@@ -73,6 +73,18 @@ class Frame:
     def image(self, value: np.ndarray) -> None:
         self._image = value
 
+    def paint(self, out: np.ndarray) -> np.ndarray:
+        """Write the frame's image into ``out`` (H, W, 3) uint8, any row pitch, without keeping
+        it: a lazy frame copies its template once, straight into ``out``, and pastes its patch
+        (a video sink paints into the encoder's own frame buffer).  Returns ``out``."""
+        if self._image is not None:
+            out[...] = self._image
+            return out
+        x0, y0, x1, y1 = self.changed
+        out[...] = self.base()
+        out[y0:y1, x0:x1] = self.patch
+        return out
+
     def __repr__(self) -> str:
         return (f"Frame(index={self.index}, pts={self.pts:.3f}, template={self.template}, "
                 f"changed={self.changed}, generated={self.generated})")

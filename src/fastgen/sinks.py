@@ -15,11 +15,12 @@ path in milliseconds.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional
 
-from .atomic import building_dir, building_file
+from .atomic import building_dir, building_file, write_file
 from .errors import InputError
 from .timing import FPS
 
@@ -52,17 +53,6 @@ def ahead(executor, fn: Callable, items: Iterable, window: int) -> Iterator:
     finally:
         for fut in pending:
             fut.cancel()
-
-
-def write_file(path: str, data: bytes) -> None:
-    """``data`` as a new file ``path``: plain os calls, the fewest Python objects per frame."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
 
 
 def output_kind(output) -> str:
@@ -300,7 +290,6 @@ class VideoFile:
     def write(self, frames: Iterable["Frame"], *, total: Optional[int] = None, progress: Progress = None) -> int:
         """Consume ``frames``; returns how many were written."""
         import av
-        import numpy as np
 
         w, h = self.frame_size
         n = 0
@@ -315,13 +304,10 @@ class VideoFile:
                 video.pix_fmt = "yuv420p"
                 video.options = codec_options(self.codec, self.preset, self.crf)
                 sound = _add_audio_stream(container, self.audio) if self.audio is not None else None
-                images = (ahead(self.executor, _image_of, frames, 2 * self.workers) if self.executor
-                          else map(_image_of, frames))
-                for n, image in enumerate(images, 1):
-                    if image.shape[1] != video.width or image.shape[0] != video.height:
-                        image = np.pad(image, ((0, video.height - h), (0, video.width - w), (0, 0)),
-                                       mode="edge")
-                    vf = av.VideoFrame.from_ndarray(image, format="bgr24")
+                paint = functools.partial(_painted, size=(w, h), even=(video.width, video.height))
+                pictures = (ahead(self.executor, paint, frames, 2 * self.workers) if self.executor
+                            else map(paint, frames))
+                for n, vf in enumerate(pictures, 1):
                     vf.pts = n - 1
                     for packet in video.encode(vf):
                         container.mux(packet)
@@ -339,8 +325,21 @@ class VideoFile:
 Mp4File = VideoFile
 
 
-def _image_of(frame: "Frame") -> "np.ndarray":
-    return frame.image
+def _painted(frame: "Frame", size: tuple[int, int], even: tuple[int, int]):
+    """``frame`` (``size`` w x h) as a bgr24 ``av.VideoFrame`` of ``even`` size, painted straight
+    into its buffer (:meth:`Frame.paint`: one copy of the template); the odd row and column
+    yuv420p cannot take are filled by repeating the edge."""
+    import av
+    import numpy as np
+
+    (w, h), (width, height) = size, even
+    picture = av.VideoFrame(width, height, "bgr24")
+    plane = picture.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, :3 * width].reshape(height, width, 3)
+    frame.paint(rows[:h, :w])
+    rows[h:, :w] = rows[h - 1:h, :w]
+    rows[:, w:] = rows[:, w - 1:w]
+    return picture
 
 
 def aac_rate(rate: int) -> int:
