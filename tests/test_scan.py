@@ -136,3 +136,59 @@ def test_kernel_checks_its_arguments(rng):
         kernel(scan, bad, 1, 8, 8)
     with pytest.raises((ValueError, TypeError)):
         kernel(scan, tables.astype(np.int16), 1, 8, 8)
+
+
+def test_splice_tiles_writes_the_file_the_segments_make(rng):
+    """The C assembly equals the Python one (template segments with fresh ones in the box, RST
+    markers renumbered), for boxes at the grid's corners, edges and over all of it."""
+    from fastgen.jpeg_layout import assemble, restart_interval, row_segments, segment_starts, splice_tiles
+    from fastgen.splice import encode_with_restarts
+
+    h, w, interval = 64, 512, 8                       # 4 rows x 4 tiles of 128 px
+    template = encode_with_restarts(photo(rng, h, w), 95, interval)
+    header, scan = split(template)
+    assert restart_interval(header) == interval
+    tiles = row_segments(template)
+    starts = segment_starts(scan)
+    assert len(starts) == len(tiles) + 1 and starts[-1] == len(scan) + 2
+    frame = photo(rng, h, w)
+    for t0, r0, t1, r1 in [(0, 0, 1, 1), (3, 3, 4, 4), (1, 1, 3, 3), (0, 0, 4, 4), (0, 2, 4, 3), (2, 0, 3, 4)]:
+        block = np.ascontiguousarray(frame[16 * r0:16 * r1, 128 * t0:128 * t1])
+        fresh = encode(block)
+        got = splice_tiles(header, scan, starts, 4, fresh, huffman_tables(header), interval, (t0, r0, t1, r1))
+        want = list(tiles)
+        cut = iter(restart_segments(fresh, interval))
+        for r in range(r0, r1):
+            for t in range(t0, t1):
+                want[4 * r + t] = next(cut)
+        assert got == assemble(header, want)
+        assert simplejpeg.decode_jpeg(got, colorspace="BGR").shape == (h, w, 3)
+
+
+def test_splice_tiles_refuses_what_does_not_fit(rng):
+    from fastgen.jpeg_layout import segment_starts, splice_tiles
+    from fastgen.splice import encode_with_restarts
+
+    template = encode_with_restarts(photo(rng, 32, 256), 95, 8)          # 2 rows x 2 tiles
+    header, scan = split(template)
+    starts = segment_starts(scan)
+    tables = huffman_tables(header)
+    fresh = encode(photo(rng, 16, 128))
+    ok = (0, 0, 1, 1)
+    assert splice_tiles(header, scan, starts, 2, fresh, tables, 8, ok)
+    for box, message in [((0, 0, 2, 1), "not the 1 x 16"), ((1, 1, 3, 2), "outside"), ((1, 1, 1, 2), "outside")]:
+        with pytest.raises(InputError, match=message):
+            splice_tiles(header, scan, starts, 2, fresh, tables, 8, box)
+    with pytest.raises(InputError, match="whole rows"):
+        splice_tiles(header, scan, starts, 3, fresh, tables, 8, ok)
+    bad = starts.copy()
+    bad[2] = bad[1]
+    with pytest.raises(InputError, match="grow by 2"):
+        splice_tiles(header, scan, bad, 2, fresh, tables, 8, ok)
+    with pytest.raises(InputError, match="scan's length"):
+        splice_tiles(header, scan[:-3], starts, 2, fresh, tables, 8, ok)
+    for junk in (b"", b"\xff\xd8\xff", fresh[:40], b"\xff\xd8" + fresh[2:60] + b"\xff\xd9"):
+        with pytest.raises(InputError):
+            splice_tiles(header, scan, starts, 2, junk, tables, 8, ok)
+    with pytest.raises(InputError, match="restart"):
+        splice_tiles(header, scan, starts, 2, template, tables, 8, (0, 0, 2, 2))
