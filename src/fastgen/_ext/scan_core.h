@@ -89,49 +89,36 @@ static int fs_huff_build(fs_huff *t, const uint8_t *counts, const uint8_t *symbo
     return FS_OK;
 }
 
-/* 32 bits at bit ``pos`` of ``d`` (MSB first); zeros past the end. */
-static inline uint32_t fs_peek32(const uint8_t *d, size_t n, uint64_t pos)
+/* The 8 bytes at byte ``at`` of ``d`` as a big-endian word; zeros past the end. */
+static inline uint64_t fs_load64(const uint8_t *d, size_t n, size_t at)
 {
-    size_t at = (size_t)(pos >> 3);
     uint64_t word = 0;
+    int k;
     if (at + 8 <= n) {
         memcpy(&word, d + at, 8);
 #if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        word = __builtin_bswap64(word);
-#elif !defined(__GNUC__) || __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
-        {
-            int k;
-            for (k = 0, word = 0; k < 8; k++) word = (word << 8) | d[at + k];
-        }
+        return __builtin_bswap64(word);
+#elif defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        return word;
+#else
+        word = 0;
 #endif
-    } else {
-        int k;
-        for (k = 0; k < 8; k++) word = (word << 8) | (at + k < n ? d[at + k] : 0);
     }
-    return (uint32_t)((word << (pos & 7)) >> 32);
+    for (k = 0; k < 8; k++) word = (word << 8) | (at + k < n ? d[at + k] : 0);
+    return word;
+}
+
+/* 32 bits at bit ``pos`` of ``d`` (MSB first); zeros past the end. */
+static inline uint32_t fs_peek32(const uint8_t *d, size_t n, uint64_t pos)
+{
+    return (uint32_t)((fs_load64(d, n, (size_t)(pos >> 3)) << (pos & 7)) >> 32);
 }
 
 /* The 64 bits at byte ``pos / 8`` shifted to start at bit ``pos``: 57 or more valid bits. */
 static inline uint64_t fs_window(const uint8_t *d, size_t n, uint64_t pos, int *have)
 {
-    size_t at = (size_t)(pos >> 3);
-    uint64_t word = 0;
-    if (at + 8 <= n) {
-        memcpy(&word, d + at, 8);
-#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        word = __builtin_bswap64(word);
-#elif !defined(__GNUC__) || __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
-        {
-            int k;
-            for (k = 0, word = 0; k < 8; k++) word = (word << 8) | d[at + k];
-        }
-#endif
-    } else {
-        int k;
-        for (k = 0; k < 8; k++) word = (word << 8) | (at + k < n ? d[at + k] : 0);
-    }
     *have = 64 - (int)(pos & 7);
-    return word << (pos & 7);
+    return fs_load64(d, n, (size_t)(pos >> 3)) << (pos & 7);
 }
 
 /* ``count`` (1..32) bits at bit ``pos``. */
