@@ -475,6 +475,28 @@ def test_pack_overrides_models_by_keyword(pack, models):
 
 # --------------------------------------------------------------------------- cache and threads
 
+def test_frame_into_decodes_into_the_buffer_or_copies_the_cached_frame(tmp_path):
+    """Straight into a C-contiguous buffer of the frame's size (and the cache stays empty); from
+    the cache when it holds the frame; any other layout gets a copy; all equal ``frame(k)``."""
+    root = make_dataset(tmp_path / "ds", 3)
+    want = [Avatar.open(root, cache_mb=0).frame(k).copy() for k in range(3)]
+    av = Avatar.open(root)
+    out = np.zeros((H, W, 3), np.uint8)
+    assert av.frame_into(1, out) is out and np.array_equal(out, want[1])
+    assert av._cache.nbytes == 0                          # decoded into the buffer, not cached
+    av.frame(2)
+    out[...] = 0
+    av.frame_into(2, out)
+    assert np.array_equal(out, want[2])
+    wide = np.zeros((H, W + 5, 3), np.uint8)
+    av.frame_into(0, wide[:, 2:W + 2])                    # a view with a row pitch: copied
+    assert np.array_equal(wide[:, 2:W + 2], want[0]) and not wide[:, :2].any()
+    with pytest.raises(ValueError):
+        av.frame_into(0, np.zeros((H, W + 1, 3), np.uint8))
+    with pytest.raises(IndexError):
+        av.frame_into(3, out)
+
+
 def test_cache_is_bounded_and_threads_agree(tmp_path):
     root = make_dataset(tmp_path / "ds", 10)
     serial = Avatar.open(root, cache_mb=0)

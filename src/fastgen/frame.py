@@ -42,23 +42,25 @@ class Frame:
     use (and keeps the result).  A sink that needs only the changed rows never decodes the rest.
     ``region``, when the step made it, is ``(pixels, (x0, y0, x1, y1))``: the frame's pixels in a
     box that holds ``changed`` (the JPEG tiles around it; ``patch`` is a view of them), so a
-    splicing sink encodes them as they are.
+    splicing sink encodes them as they are.  ``base_into``, when given, writes the base into a
+    buffer (a template decoded straight into it) for :meth:`paint`.
     """
 
     __slots__ = ("index", "pts", "_image", "utterance", "position", "generated", "template", "changed",
-                 "patch", "base", "region")
+                 "patch", "base", "region", "base_into")
 
     def __init__(self, index: int, pts: float, image: Optional[np.ndarray] = None, utterance: int = 0,
                  position: int = 0, generated: bool = True, template: int = -1,
                  changed: Optional[tuple] = None, *, patch: Optional[np.ndarray] = None,
                  base: Optional[Callable[[], np.ndarray]] = None,
-                 region: Optional[tuple[np.ndarray, tuple]] = None):
+                 region: Optional[tuple[np.ndarray, tuple]] = None,
+                 base_into: Optional[Callable[[np.ndarray], object]] = None):
         if image is None and (patch is None or base is None or changed is None):
             raise ValueError("a Frame needs its image, or a patch, the box it changes and its base")
         self.index, self.pts, self._image = index, pts, image
         self.utterance, self.position, self.generated = utterance, position, generated
         self.template, self.changed, self.patch, self.base = template, changed, patch, base
-        self.region = region
+        self.region, self.base_into = region, base_into
 
     @property
     def image(self) -> np.ndarray:
@@ -81,7 +83,10 @@ class Frame:
             out[...] = self._image
             return out
         x0, y0, x1, y1 = self.changed
-        out[...] = self.base()
+        if self.base_into is not None:
+            self.base_into(out)
+        else:
+            out[...] = self.base()
         out[y0:y1, x0:x1] = self.patch
         return out
 
@@ -164,7 +169,8 @@ class FrameStep:
         pixels, (ax0, ay0, ax1, ay1) = self.patch_region(k, pred)
         x0, y0, x1, y1 = changed = self.changed(k)
         return Frame(j, pts, template=k, changed=changed, patch=pixels[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0],
-                     base=lambda: self.avatar.frame(k), position=j, region=(pixels, (ax0, ay0, ax1, ay1)))
+                     base=lambda: self.avatar.frame(k), position=j, region=(pixels, (ax0, ay0, ax1, ay1)),
+                     base_into=lambda out: self.avatar.frame_into(k, out))
 
     def template(self, k: int) -> np.ndarray:
         """A writable copy of template ``k``'s frame (idle or silent frames)."""

@@ -134,6 +134,18 @@ class Avatar:
         k = self._check_index(k)
         return self._cache.get(("frame", k), lambda: self._decode(k))
 
+    def frame_into(self, k: int, out: np.ndarray) -> np.ndarray:
+        """Template ``k``'s full frame written into ``out`` (H, W, 3) uint8: copied from the cache
+        when it holds it, else decoded straight into ``out`` (C-contiguous; other layouts get a
+        copy) without filling the cache.  A video sink paints every frame this way."""
+        k = self._check_index(k)
+        cached = self._cache.peek(("frame", k))
+        if cached is None and out.flags.c_contiguous and out.shape == (self.frame_size[1], self.frame_size[0], 3):
+            decode_frame(self._templates.jpeg(k), self._templates.name(k), out=out)
+            return out
+        out[...] = self.frame(k) if cached is None else cached
+        return out
+
     def crop(self, k: int) -> np.ndarray:
         """Template ``k``'s 328x328 crop, uint8 BGR, read-only: bicubic resize of the box region."""
         k = self._check_index(k)

@@ -55,8 +55,16 @@ def compute_crop(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
     return resize_bicubic(frame[y0:y1, x0:x1], CROP_SIZE, CROP_SIZE, exact=True)
 
 
-def decode_frame(data: bytes, where: str) -> np.ndarray:
+def decode_frame(data: bytes, where: str, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """A template JPEG as BGR pixels; decoded straight into ``out`` (C-contiguous uint8 of the
+    frame's exact size) when given."""
     try:
+        if out is not None:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+            if out.shape != (h, w, 3) or not out.flags.c_contiguous:
+                raise AvatarError(f"{where}: the frame is {w}x{h}; cannot decode it into an array "
+                                  f"of shape {out.shape}")
+            return simplejpeg.decode_jpeg(data, colorspace="BGR", buffer=out)
         return simplejpeg.decode_jpeg(data, colorspace="BGR")
     except ValueError as exc:
         raise AvatarError(f"{where}: not a readable JPEG ({str(exc).strip() or 'decode failed'})") from None
