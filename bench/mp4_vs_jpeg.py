@@ -31,8 +31,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from fastgen import Generator, demo
+    from fastgen.errors import FastgenError
+    from fastgen.sinks import check_video_options
 
-    gen = Generator(demo.avatar(), backend=args.backend, precision=args.precision)
+    try:
+        check_video_options(args.preset, args.crf)
+        gen = Generator(demo.avatar(), backend=args.backend, precision=args.precision)
+    except FastgenError as exc:
+        print(f"mp4_vs_jpeg: {exc}", file=sys.stderr)
+        return 2
     wav = demo.audio()
     runs: dict = {"jpeg": [], "mp4": []}
     with tempfile.TemporaryDirectory(prefix="fastgen-mp4-vs-jpeg-") as tmp:

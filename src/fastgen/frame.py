@@ -145,9 +145,12 @@ class FrameStep:
     def patch(self, k: int, pred: np.ndarray) -> np.ndarray:
         """The pixels of :meth:`finish`'s frame inside :meth:`changed`'s box, without the frame
         (a view of :meth:`patch_region`'s pixels)."""
-        pixels, (ax0, ay0, _, _) = self.patch_region(k, pred)
-        x0, y0, x1, y1 = self.changed(k)
-        return pixels[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
+        return self._inside(*self.patch_region(k, pred), self.changed(k))
+
+    @staticmethod
+    def _inside(pixels: np.ndarray, around: Sequence[int], box: Sequence[int]) -> np.ndarray:
+        """The view of ``pixels`` (of the box ``around``) that shows ``box``."""
+        return pixels[box[1] - around[1]:box[3] - around[1], box[0] - around[0]:box[2] - around[0]]
 
     def patch_region(self, k: int, pred: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The finished frame's pixels in :meth:`Avatar.region_box` of the crop box, and that box.
@@ -166,10 +169,10 @@ class FrameStep:
 
     def frame(self, j: int, pts: float, k: int, pred: np.ndarray) -> Frame:
         """Output frame ``j`` (at ``pts``) of template ``k`` with ``pred`` pasted, made lazily."""
-        pixels, (ax0, ay0, ax1, ay1) = self.patch_region(k, pred)
-        x0, y0, x1, y1 = changed = self.changed(k)
-        return Frame(j, pts, template=k, changed=changed, patch=pixels[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0],
-                     base=lambda: self.avatar.frame(k), position=j, region=(pixels, (ax0, ay0, ax1, ay1)),
+        pixels, around = self.patch_region(k, pred)
+        changed = self.changed(k)
+        return Frame(j, pts, template=k, changed=changed, patch=self._inside(pixels, around, changed),
+                     base=lambda: self.avatar.frame(k), position=j, region=(pixels, around),
                      base_into=lambda out: self.avatar.frame_into(k, out))
 
     def template(self, k: int) -> np.ndarray:

@@ -31,8 +31,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import InputError
-from .jpeg_layout import (assemble, geometry, huffman_tables, restart_interval, restart_segments, row_segments,
-                          segment_starts, splice_tiles, split, tables, with_restarts, with_size)
+from .jpeg_layout import (assemble, geometry, huffman_tables, interleaved, restart_interval, restart_segments,
+                          row_segments, segment_starts, splice_tiles, split, tables, with_restarts, with_size)
 
 MCU_ROWS = 16                      # 4:2:0: an MCU is 16x16 pixels
 SUBSAMPLING = "420"
@@ -247,8 +247,8 @@ class SplicingEncoder:
         kind = "templates_cut"
         if grid is None or starts is None or len(starts) != grid.count + 1:
             grid = TileGrid.for_size(h, w)
-            scan = split(assemble(self._header(grid), tile_block(self.template_image(k), self.quality, grid,
-                                                                  0, 0, grid.tiles, grid.rows)))[1]
+            scan = b"".join(interleaved(tile_block(self.template_image(k), self.quality, grid,
+                                                   0, 0, grid.tiles, grid.rows)))
             starts = segment_starts(scan)
             kind = "templates_encoded"
         entry = (grid, scan, starts)
