@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fastgen.atomic import building_dir, building_file
+from fastgen import atomic
+from fastgen.atomic import building_dir, building_file, write_file
 from fastgen.errors import AvatarError, InputError, ModelError
 
 
@@ -69,3 +71,54 @@ def test_errors_name_the_users_path_not_the_temporary(tmp_path):
         with building_file(tmp_path / "z.mp4", None, "the video"):
             raise OSError("not ours")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ------------------------------------------------------------------ write_file (the frame writer)
+
+@pytest.fixture(params=["compiled", "os calls"])
+def writer(request, monkeypatch):
+    """write_file through the compiled GIL-free writer, and through the os.open fallback."""
+    if request.param == "compiled":
+        if atomic._write_new is None:
+            pytest.fail("the compiled writer is missing on a POSIX build")
+    else:
+        monkeypatch.setattr(atomic, "_write_new", None)
+    return write_file
+
+
+@pytest.mark.parametrize("size", [0, 1, 65535, 65536, 65537, 3 << 20])
+def test_write_file_writes_every_byte(writer, tmp_path, size):
+    data = os.urandom(size)
+    for kind in (bytes, bytearray, memoryview):
+        path = tmp_path / f"{kind.__name__}.jpg"
+        writer(os.fspath(path), kind(data))
+        assert path.read_bytes() == data
+        assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_write_file_truncates_and_takes_a_sliced_view(writer, tmp_path):
+    path = os.fspath(tmp_path / "f.jpg")
+    writer(path, b"x" * 1000)
+    writer(path, memoryview(b"0123456789")[2:7])
+    with open(path, "rb") as f:
+        assert f.read() == b"23456"
+
+
+def test_write_file_errors_name_the_path(writer, tmp_path):
+    missing = os.fspath(tmp_path / "no" / "f.jpg")
+    with pytest.raises(FileNotFoundError) as err:
+        writer(missing, b"1")
+    assert err.value.filename == missing
+    with pytest.raises(IsADirectoryError):
+        writer(os.fspath(tmp_path), b"1")
+    with pytest.raises(ValueError):
+        writer(os.fspath(tmp_path / "a\0b"), b"1")
+    with pytest.raises(TypeError):
+        writer(os.fspath(tmp_path / "g.jpg"), 5)
+
+
+def test_write_file_from_a_thread_pool(writer, tmp_path):
+    blobs = [os.urandom(1000 + 97 * i) for i in range(64)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: writer(os.fspath(tmp_path / f"{i}.jpg"), blobs[i]), range(64)))
+    assert all((tmp_path / f"{i}.jpg").read_bytes() == blobs[i] for i in range(64))

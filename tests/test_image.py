@@ -229,6 +229,20 @@ def test_to_generator_input_sizes(n, rng):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("offset", [0, 1, 2, 3, 4])        # floats: 16-byte aligned or not
+@pytest.mark.parametrize("n", [316, 318, 320])             # rows of 4k floats keep the alignment
+def test_to_generator_input_any_alignment(offset, n, rng):
+    """A tensor at any float offset (a batch slot of a caller's buffer): exact, nothing outside."""
+    roi = rng.integers(0, 256, (n, n, 3), dtype=np.uint8)
+    flat = np.full(offset + 6 * n * n + 8, -1.0, np.float32)
+    out = flat[offset:offset + 6 * n * n].reshape(6, n, n)
+    image.to_generator_input(roi, out)
+    ref = np.concatenate([roi, roi], axis=2).transpose(2, 0, 1).astype(np.float32) / 255.0
+    ref[3:, 5:310, 5:315] = 0
+    np.testing.assert_array_equal(out, ref)
+    assert np.all(flat[:offset] == -1) and np.all(flat[offset + 6 * n * n:] == -1)   # nothing outside
+
+
 def reference_output(pred: np.ndarray) -> np.ndarray:
     return (pred.transpose(1, 2, 0) * 255).astype(np.uint8)
 
