@@ -3,11 +3,19 @@
 One ``def`` wrapper that checks the tables and sizes, then releases the GIL for the whole parse
 and rewrite (scan_core.h).
 """
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
+
+cdef extern from "Python.h":
+    # raw-pointer forms, so a bytes object can be cut to size in place (its one reference is ours)
+    PyObject *_new_bytes "PyBytes_FromStringAndSize"(const char *data, Py_ssize_t size) except NULL
+    char *_bytes_data "PyBytes_AS_STRING"(PyObject *obj)
+    int _PyBytes_Resize(PyObject **obj, Py_ssize_t size) except -1
+
 
 cdef extern from "scan_core.h" nogil:
     ctypedef struct fs_huff:
@@ -117,6 +125,13 @@ def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const in
         raise ValueError("the header and the fresh JPEG must not be empty")
     fresh_count = <Py_ssize_t>(r1 - r0) * (t1 - t0)
     cap = 2 * fresh.shape[0] + 16 * fresh_count + 16
+    # the file is at most the header, the whole template scan (the runs copied from it are
+    # disjoint: the starts grow), the fresh segments (fs_restart_segments keeps them within cap)
+    # with a marker after each, and EOI: allocated at that size now and cut to size after, so the
+    # parse and the copy run in one GIL-free stretch
+    bound = header.shape[0] + template_scan.shape[0] + cap + 2 * fresh_count + 2
+    cdef PyObject *raw = _new_bytes(NULL, bound)
+    target = <uint8_t *>_bytes_data(raw)
     with nogil:
         status = fs_find_scan(&fresh[0], <size_t>fresh.shape[0], &scan_start, &scan_end, &mcu_rows, &mcu_cols)
         if status == 0 and (mcu_rows != r1 - r0 or mcu_cols != (t1 - t0) * interval):
@@ -131,19 +146,16 @@ def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const in
                                          interval, dc, ac, scratch, <size_t>cap, offsets)
         if status == 0:
             size = fs_assemble(&header[0], <size_t>header.shape[0], &template_scan[0], &starts[0], <int>count,
-                               tiles, t0, r0, t1, r1, scratch, offsets, NULL)
-    try:
+                               tiles, t0, r0, t1, r1, scratch, offsets, target)
+        free(scratch)
+        free(offsets)
+    if status:
+        Py_XDECREF(raw)
         if status == -7:
             raise ValueError(f"the fresh JPEG is {mcu_rows} x {mcu_cols} MCUs, not the "
                              f"{r1 - r0} x {(t1 - t0) * interval} of tiles {t0}..{t1}, rows {r0}..{r1}")
-        if status:
-            raise ValueError(_ERRORS.get(status, f"error {status}"))
-        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>size)
-        target = <uint8_t *>PyBytes_AS_STRING(out)
-        with nogil:
-            fs_assemble(&header[0], <size_t>header.shape[0], &template_scan[0], &starts[0], <int>count,
-                        tiles, t0, r0, t1, r1, scratch, offsets, target)
-        return out
-    finally:
-        free(scratch)
-        free(offsets)
+        raise ValueError(_ERRORS.get(status, f"error {status}"))
+    _PyBytes_Resize(&raw, <Py_ssize_t>size)     # on failure it frees the object and raises
+    out = <object>raw
+    Py_XDECREF(raw)
+    return out
