@@ -511,6 +511,38 @@ def test_paste_generated_into_views_and_its_errors(rng):
         ext.paste_generated(pred[0], np.zeros((300, 300, 3), np.uint8), frame, 0, 0, 10, 10, 0, 4)
 
 
+@pytest.mark.parametrize("feather", [0, 6])
+@pytest.mark.parametrize("size", [(1, 1), (37, 41), (361, 353)])
+def test_paste_generated_onto_a_base(size, feather, rng):
+    """``base=``: the base copied into the frame (any pitch on both sides) then the paste, byte
+    for byte the copy-then-paste of two calls; frames as small as one pixel; overlapping or
+    mis-shaped bases are refused before the kernel runs."""
+    h, w = size
+    crop = natural_image(328, 328, seed=11)
+    pred = rng.uniform(0, 1, (3, 320, 320)).astype(np.float32)
+    wide = natural_image(h, w + 9, seed=12)
+    base = wide[:, 4:4 + w]                          # a view with a row pitch of its own
+    box = (0, 0, w, h) if h < 5 else (3, 2, w - 4, h - 5)
+    want = base.copy()
+    image.paste_generated(pred, crop, want, box, feather)
+    out = np.full((h, w + 3, 3), 77, np.uint8)
+    got = out[:, 1:1 + w]
+    image.paste_generated(pred, crop, got, box, feather, base=base)
+    np.testing.assert_array_equal(got, want)
+    assert np.all(out[:, 0] == 77) and np.all(out[:, 1 + w:] == 77)      # nothing outside
+    np.testing.assert_array_equal(base, natural_image(h, w + 9, seed=12)[:, 4:4 + w])
+    with pytest.raises(InputError, match="base must have shape"):
+        image.paste_generated(pred, crop, got, box, feather, base=base[:-1] if h > 1 else wide)
+    with pytest.raises(InputError, match="overlap"):
+        image.paste_generated(pred, crop, wide[:, 4:4 + w], box, feather, base=base)
+    stacked = natural_image(2 * h, w, seed=13)           # one buffer, two halves: no overlap
+    image.paste_generated(pred, crop, stacked[h:], box, feather, base=stacked[:h])
+    np.testing.assert_array_equal(stacked[h:], image.paste_generated(pred, crop, stacked[:h].copy(), box, feather))
+    from fastgen._ext import image as ext
+    with pytest.raises(ValueError, match="base has shape"):
+        ext.paste_generated(pred, crop, got, *box, feather, 4, np.zeros((h + 1, w, 3), np.uint8))
+
+
 def test_resize_and_composite_two_threads_equal_sequential():
     """Both resize paths, both paste modes and the fused paste from a 2-thread pool, as the engine's workers call
     them: the same bytes as one thread."""

@@ -157,14 +157,16 @@ class FrameStep:
 
         The template's pixels come from :meth:`Avatar.region`: a decode of only the JPEG tiles
         around the box (the tiles a spliced JPEG re-encodes, which it then takes from here as they
-        are), never of the whole frame.  ``pred`` is converted and pasted in one GIL-free call
-        (:func:`fastgen.image.paste_generated`).
+        are), never of the whole frame.  Those pixels are copied, ``pred`` converted and pasted in
+        one GIL-free call (:func:`fastgen.image.paste_generated`): with several workers, every
+        extra release of the GIL is one more chance to wait for it.
         """
         x0, y0, x1, y1 = self.changed(k)
         ax0, ay0, ax1, ay1 = self.avatar.region_box(k, x0, y0, x1, y1)
-        pixels = self.avatar.region(k, ax0, ay0, ax1, ay1).copy()
+        template = self.avatar.region(k, ax0, ay0, ax1, ay1)
+        pixels = np.empty(template.shape, np.uint8)      # the kernel copies the template in
         image.paste_generated(pred, self.avatar.crop(k), pixels, (x0 - ax0, y0 - ay0, x1 - ax0, y1 - ay0),
-                              self.feather)
+                              self.feather, base=template)
         return pixels, (ax0, ay0, ax1, ay1)
 
     def frame(self, j: int, pts: float, k: int, pred: np.ndarray) -> Frame:

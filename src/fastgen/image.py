@@ -152,10 +152,12 @@ def composite_patch(frame: np.ndarray, crop328: np.ndarray, box: Sequence[int], 
 
 
 def paste_generated(pred: np.ndarray, crop328: np.ndarray, frame: np.ndarray, box: Sequence[int],
-                    feather: int = 0) -> np.ndarray:
+                    feather: int = 0, base: Optional[np.ndarray] = None) -> np.ndarray:
     """:func:`from_generator_output` of ``pred`` into the ROI of a copy of ``crop328``, then
     :func:`composite_patch` of that copy into ``frame`` at ``box``, in one GIL-free call that
-    leaves ``crop328`` as it is (no copy of it is made in Python).  Returns ``frame``."""
+    leaves ``crop328`` as it is (no copy of it is made in Python).  ``base``, an image of
+    ``frame``'s shape that does not overlap it, is copied into ``frame`` first, in the same call
+    (a frame made from a template's pixels).  Returns ``frame``."""
     if isinstance(pred, np.ndarray) and pred.ndim == 4 and pred.shape[0] == 1:
         pred = pred[0]
     pred = _check_float("pred", pred, (3, ROI_SIZE, ROI_SIZE))
@@ -164,5 +166,10 @@ def paste_generated(pred: np.ndarray, crop328: np.ndarray, frame: np.ndarray, bo
     x0, y0, x1, y1 = _check_box(box, frame)
     if int(feather) < 0:
         raise InputError(f"feather must be >= 0, got {feather}")
-    _image.paste_generated(pred, crop328, frame, x0, y0, x1, y1, int(feather), ROI_OFFSET)
+    if base is not None:
+        base = _check_image("base", base, shape=frame.shape)
+    try:
+        _image.paste_generated(pred, crop328, frame, x0, y0, x1, y1, int(feather), ROI_OFFSET, base)
+    except ValueError as e:        # base overlapping frame: the kernel's own bounds check, which
+        raise InputError(f"paste_generated: {e}") from None    # (unlike np.may_share_memory) keeps the GIL
     return frame

@@ -15,4 +15,5 @@ def composite_patch(
 def paste_generated(
     pred: npt.NDArray[np.float32], crop: npt.NDArray[np.uint8], frame: npt.NDArray[np.uint8],
     x0: int, y0: int, x1: int, y1: int, feather: int, roi_offset: int,
+    base: npt.NDArray[np.uint8] | None = None,
 ) -> None: ...

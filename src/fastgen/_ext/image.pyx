@@ -290,13 +290,16 @@ def composite_patch(u8[:, :, :] frame, const u8[:, :, :] patch, Py_ssize_t x0,
 
 def paste_generated(const float[:, :, ::1] pred, const u8[:, :, :] crop, u8[:, :, :] frame,
                     Py_ssize_t x0, Py_ssize_t y0, Py_ssize_t x1, Py_ssize_t y1, int feather,
-                    Py_ssize_t roi_offset):
+                    Py_ssize_t roi_offset, const u8[:, :, :] base=None):
     """from_generator_output into a private copy of ``crop`` (at ``roi_offset``), then
     composite_patch of that copy into ``frame``: one GIL-free call, ``crop`` untouched.
 
     Only the copy's border (outside the ROI the output overwrites) is copied from ``crop``.
+    ``base`` (the shape of ``frame``, not overlapping it), when given, is first copied into
+    ``frame`` in the same call: a frame made from a template needs no copy of its own, which
+    would drop and retake the GIL once more.
     """
-    cdef Py_ssize_t cp = _pitch(crop, "crop"), fp = _pitch(frame, "frame")
+    cdef Py_ssize_t cp = _pitch(crop, "crop"), fp = _pitch(frame, "frame"), bp = 0
     cdef Py_ssize_t ch = crop.shape[0], cw = crop.shape[1], ph = pred.shape[1], pw = pred.shape[2]
     cdef Py_ssize_t bw = x1 - x0, bh = y1 - y0, row, pitch = 3 * cw
     cdef int rc = 0
@@ -313,9 +316,24 @@ def paste_generated(const float[:, :, ::1] pred, const u8[:, :, :] crop, u8[:, :
         raise ValueError(f"feather must be >= 0, got {feather}")
     for n, what in ((ch, "crop height"), (cw, "crop width"), (bh, "box height"), (bw, "box width")):
         _check_side(n, what)
+    cdef u8 *frame_row = &frame[0, 0, 0]
+    cdef const u8 *base_row = NULL
+    cdef Py_ssize_t extent = (frame.shape[0] - 1) * fp + 3 * frame.shape[1]    # bytes from row 0
+    if base is not None:
+        bp = _pitch(base, "base")
+        if base.shape[0] != frame.shape[0] or base.shape[1] != frame.shape[1]:
+            raise ValueError(f"base has shape ({base.shape[0]}, {base.shape[1]}, 3), frame "
+                             f"({frame.shape[0]}, {frame.shape[1]}, 3)")
+        base_row = &base[0, 0, 0]
+        if (base_row < frame_row + extent
+                and frame_row < base_row + (base.shape[0] - 1) * bp + 3 * base.shape[1]):
+            raise ValueError("base and frame overlap")
     cdef _ResizePlan plan = _plan(ch, cw, bh, bw)
     cdef u8 *box = &frame[y0, x0, 0]
     with nogil:
+        if base_row != NULL:
+            for row in range(frame.shape[0]):
+                memcpy(frame_row + row * fp, base_row + row * bp, <size_t>(3 * frame.shape[1]))
         scratch = <u8 *>malloc(<size_t>(ch * pitch))
         if scratch == NULL:
             rc = -1

@@ -7,7 +7,8 @@ paste, and the encode.  The audio encoder's own CPU cost on this machine's backe
 separately (``audio_encoder_cpu_ms_per_frame``) for a CPU-only reading.  For ``splice`` (JPEG, only the band
 around the face re-encoded), ``full`` (whole-frame JPEG) and ``mp4`` (H.264 + AAC), in
 interleaved rounds (medians): fps with 1 and 2 workers (the one pool that fills inputs, pastes
-and encodes, as :meth:`Generator.render` runs it), CPU ms per frame (process CPU time over the
+and encodes, as :meth:`Generator.render` runs it) and their ratio (also as the median of each
+round's ratio, ``scaling_paired``), CPU ms per frame (process CPU time over the
 1-worker run, all threads) and a sequential per-stage breakdown.
 """
 from __future__ import annotations
@@ -167,7 +168,11 @@ def run_frame_path(avatar, wav, *, frames: int = 250, rounds: int = 3,
     runs: dict = {(m, w): [] for m in MODES for w in (1, 2)}
     with tempfile.TemporaryDirectory(prefix="fastgen-frame-path-") as tmp:
         run = lambda n, mode, w: _run(gen, null, wav, n, mode, w, Path(tmp), splicer, embeddings)  # noqa: E731
-        run(min(frames, 30), "splice", 2)                                               # warm-up
+        # warm-up: a whole splice run caches every template region and splice plan the rounds
+        # use (else round 1's first run pays ~0.4 ms a template for them); the other modes load
+        # their encoders
+        for mode in MODES:
+            run(frames if mode == "splice" else min(frames, 30), mode, 2)
         for r in range(rounds):
             for (mode, workers) in runs:
                 say(f"round {r + 1}/{rounds}: {mode}, {workers} worker(s), {frames} frames")
@@ -184,6 +189,9 @@ def run_frame_path(avatar, wav, *, frames: int = 250, rounds: int = 3,
             "cpu_ms_per_frame_2_workers": round(statistics.median(c for _, c in two) / frames * 1000, 3),
             "fps_1_worker": round(fps1, 1), "fps_2_workers": round(fps2, 1),
             "scaling_1_to_2": round(fps2 / fps1, 3),
+            # each round's 1- and 2-worker runs back to back: the median of their ratios, which a
+            # machine whose speed drifts between rounds (a shared VM) moves less than the above
+            "scaling_paired": round(statistics.median((w1 / w2) for (w1, _), (w2, _) in zip(one, two)), 3),
             "fps_runs": {"1": [round(frames / w, 1) for w, _ in one], "2": [round(frames / w, 1) for w, _ in two]},
             "stages_ms": {k: v for k, v in stages["stages_ms"].items()
                           if k not in ("jpeg_splice", "full_image", "jpeg_full") or k in own},
