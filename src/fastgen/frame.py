@@ -125,6 +125,18 @@ class FrameStep:
         self.avatar = avatar
         self.blend = blend
         self.feather = feather_width(blend)
+        # template k -> (changed, the region box around it, changed within that box): fixed per
+        # template, so a frame computes none of it (workers share the GIL for such Python)
+        self._geometries: dict[int, tuple[tuple, tuple, tuple]] = {}
+
+    def _geometry(self, k: int) -> tuple[tuple, tuple, tuple]:
+        boxes = self._geometries.get(k)
+        if boxes is None:
+            changed = self.changed(k)
+            around = self.avatar.region_box(k, *changed)
+            local = (changed[0] - around[0], changed[1] - around[1], changed[2] - around[0], changed[3] - around[1])
+            boxes = self._geometries[k] = (changed, around, local)
+        return boxes
 
     def fill(self, k: int, out: np.ndarray) -> None:
         """Generator input of template ``k`` into ``out`` (6, 320, 320) float32."""
@@ -161,19 +173,17 @@ class FrameStep:
         one GIL-free call (:func:`fastgen.image.paste_generated`): with several workers, every
         extra release of the GIL is one more chance to wait for it.
         """
-        x0, y0, x1, y1 = self.changed(k)
-        ax0, ay0, ax1, ay1 = self.avatar.region_box(k, x0, y0, x1, y1)
-        template = self.avatar.region(k, ax0, ay0, ax1, ay1)
+        _, around, local = self._geometry(k)
+        template = self.avatar.region(k, *around)
         pixels = np.empty(template.shape, np.uint8)      # the kernel copies the template in
-        image.paste_generated(pred, self.avatar.crop(k), pixels, (x0 - ax0, y0 - ay0, x1 - ax0, y1 - ay0),
-                              self.feather, base=template)
-        return pixels, (ax0, ay0, ax1, ay1)
+        image.paste_generated(pred, self.avatar.crop(k), pixels, local, self.feather, base=template)
+        return pixels, around
 
     def frame(self, j: int, pts: float, k: int, pred: np.ndarray) -> Frame:
         """Output frame ``j`` (at ``pts``) of template ``k`` with ``pred`` pasted, made lazily."""
         pixels, around = self.patch_region(k, pred)
-        changed = self.changed(k)
-        return Frame(j, pts, template=k, changed=changed, patch=self._inside(pixels, around, changed),
+        changed, _, (lx0, ly0, lx1, ly1) = self._geometry(k)
+        return Frame(j, pts, template=k, changed=changed, patch=pixels[ly0:ly1, lx0:lx1],
                      base=lambda: self.avatar.frame(k), position=j, region=(pixels, around),
                      base_into=lambda out: self.avatar.frame_into(k, out))
 
