@@ -26,8 +26,7 @@ EXTENSIONS = [
     Extension(f"fastgen._ext.{name}", [f"src/fastgen/_ext/{name}.pyx"], extra_compile_args=COMPILE_ARGS,
               depends=[f"src/fastgen/_ext/{h}" for h in headers])     # a header edit rebuilds its module
     for name, headers in (("mel", ("stft_core.h",)), ("image", ("resize_core.h", "convert_core.h")),
-                          ("scan", ("scan_core.h",)), ("fileio", ()))
-    if name != "fileio" or sys.platform != "win32"      # POSIX calls; Windows keeps os.open/os.write
+                          ("scan", ("scan_core.h", "fileio_core.h")), ("fileio", ("fileio_core.h",)))
 ]
 
 setup(ext_modules=cythonize(EXTENSIONS, compiler_directives=DIRECTIVES))

@@ -192,3 +192,62 @@ def test_splice_tiles_refuses_what_does_not_fit(rng):
             splice_tiles(header, scan, starts, 2, junk, tables, 8, ok)
     with pytest.raises(InputError, match="restart"):
         splice_tiles(header, scan, starts, 2, template, tables, 8, (0, 0, 2, 2))
+
+
+@pytest.fixture(params=["compiled", "os calls"])
+def file_calls(request, monkeypatch):
+    """splice_tiles(path=...) writing in the kernel, and through write_file where it cannot."""
+    from fastgen._ext import fileio
+
+    if request.param == "os calls":
+        monkeypatch.setattr(fileio, "AVAILABLE", False)
+    return request.param
+
+
+def test_splice_tiles_into_a_file_writes_the_same_bytes(rng, tmp_path, file_calls):
+    """``path=``: the file holds exactly the bytes the call returns without it (every box of a
+    4 x 4 grid's corners and edges), an existing file is truncated, threads writing side by side
+    get their own bytes, and a failed splice or a missing folder leaves no file."""
+    from fastgen.jpeg_layout import segment_starts, splice_tiles
+    from fastgen.splice import encode_with_restarts
+
+    template = encode_with_restarts(photo(rng, 64, 512), 95, 8)
+    header, scan = split(template)
+    starts, tables = segment_starts(scan), huffman_tables(header)
+    frame = photo(rng, 64, 512)
+    boxes = [(0, 0, 1, 1), (3, 3, 4, 4), (1, 1, 3, 3), (0, 0, 4, 4), (2, 0, 3, 4)]
+
+    def one(i):
+        t0, r0, t1, r1 = boxes[i % len(boxes)]
+        fresh = encode(np.ascontiguousarray(frame[16 * r0:16 * r1, 128 * t0:128 * t1]))
+        want = splice_tiles(header, scan, starts, 4, fresh, tables, 8, (t0, r0, t1, r1))
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(b"x" * (len(want) + 999))                 # longer: must be truncated
+        assert splice_tiles(header, scan, starts, 4, fresh, tables, 8, (t0, r0, t1, r1), str(path)) is None
+        return path.read_bytes() == want
+
+    assert all(one(i) for i in range(len(boxes)))
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(one, range(20)))
+    fresh = encode(np.ascontiguousarray(frame[:16, :128]))
+    with pytest.raises(InputError, match="not the"):
+        splice_tiles(header, scan, starts, 4, fresh, tables, 8, (0, 0, 2, 1), str(tmp_path / "bad.jpg"))
+    assert not (tmp_path / "bad.jpg").exists()
+    missing = str(tmp_path / "no" / "f.jpg")
+    with pytest.raises(FileNotFoundError) as err:
+        splice_tiles(header, scan, starts, 4, fresh, tables, 8, (0, 0, 1, 1), missing)
+    assert err.value.filename == missing
+    with pytest.raises(ValueError, match="null"):
+        splice_tiles(header, scan, starts, 4, fresh, tables, 8, (0, 0, 1, 1), str(tmp_path / "a\0b"))
+
+
+def test_the_kernel_refuses_a_path_with_a_null_byte(rng, tmp_path):
+    from fastgen._ext.scan import splice as splice_kernel
+    from fastgen.jpeg_layout import segment_starts
+    from fastgen.splice import encode_with_restarts
+
+    header, scan = split(encode_with_restarts(photo(rng, 16, 128), 95, 8))
+    fresh = encode(photo(rng, 16, 128))
+    with pytest.raises(ValueError, match="null"):
+        splice_kernel(header, scan, segment_starts(scan), 1, fresh, huffman_tables(header), 8, 0, 0, 1, 1,
+                      str(tmp_path / "a\0b").encode())

@@ -203,8 +203,9 @@ def test_band_rows_cover_the_box_in_whole_mcu_rows(y0, y1, h, band):
     assert band_rows(y0, y1, h) == band
 
 
-def test_lazy_frames_equal_finished_frames_and_splice_identically(demo_cache):
+def test_lazy_frames_equal_finished_frames_and_splice_identically(demo_cache, tmp_path):
     from fastgen import Generator, demo
+    from fastgen.frame import Frame
 
     gen = Generator(demo.avatar(cache_dir=demo_cache), threads=2)
     av = gen.avatar
@@ -217,10 +218,15 @@ def test_lazy_frames_equal_finished_frames_and_splice_identically(demo_cache):
         assert lazy.patch.shape == (y1 - y0, x1 - x0, 3)
         assert np.array_equal(av.rows(k, 16, 48), av.frame(k)[16:48])
         spliced = sp.encode_frame(lazy)                    # from the patch and the template's rows
+        sp.write_frame(lazy, str(tmp_path / f"{k}.jpg"))    # assembled and written in one call
+        assert (tmp_path / f"{k}.jpg").read_bytes() == spliced
         full = gen.step.finish(k, pred)
         assert np.array_equal(lazy.image, full)             # composed on first use
         assert spliced == sp.encode(full, k, lazy.changed)  # the same bytes as from the full image
-    assert sp.counts["spliced"] == 6 and sp.counts["full"] == 0
+        whole = Frame(k, 0.0, full)                         # no template facts: a full encode, written
+        sp.write_frame(whole, str(tmp_path / f"full{k}.jpg"))
+        assert (tmp_path / f"full{k}.jpg").read_bytes() == sp.encode_frame(whole)
+    assert sp.counts["spliced"] == 9 and sp.counts["full"] == 6
 
 
 def test_spliced_frames_decode_in_pil_and_pyav(demo_cache, tmp_path):

@@ -41,10 +41,11 @@ from .errors import AvatarError, FastgenError, InputError, ModelError
 _LAZY = {
     "Avatar": "avatar", "Generator": "engine", "EngineConfig": "engine", "Frame": "frame",
     "FrameStep": "frame", "FeatureTable": "features", "Stream": "stream",
-    "JpegDirectory": "sinks", "Mp4File": "sinks", "VideoFile": "sinks", "open_session": "runtime",
+    "JpegDirectory": "sinks", "Mp4File": "video", "VideoFile": "video", "open_session": "runtime",
 }
 _SUBMODULES = ("atomic", "audio", "avatar", "batch", "benchmarks", "cli", "console", "demo", "engine",
-               "features", "frame", "image", "models", "runtime", "scheduler", "sinks", "stream", "timing")
+               "features", "frame", "image", "models", "runtime", "scheduler", "sinks", "stream", "timing",
+               "video", "workers")
 
 __all__ = sorted(["AvatarError", "FastgenError", "InputError", "ModelError", "__version__",
                   *_LAZY, *_SUBMODULES])
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
     from .features import FeatureTable
     from .frame import Frame, FrameStep
     from .runtime import open_session
-    from .sinks import JpegDirectory, Mp4File, VideoFile
+    from .sinks import JpegDirectory
+    from .video import Mp4File, VideoFile
     from .stream import Stream
 
 

@@ -13,10 +13,9 @@ from typing import Iterator, Optional, Type
 
 from .errors import FastgenError, InputError
 
-try:
-    from ._ext.fileio import write_new as _write_new
-except ImportError:                 # Windows: os.open / os.write below
-    _write_new = None
+from ._ext import fileio as _fileio
+
+_write_new = _fileio.write_new if _fileio.AVAILABLE else None     # else (Windows) the os calls
 
 
 def _umask() -> int:
@@ -160,3 +159,12 @@ def write_file(path: str, data: bytes) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def check_parent(output: Path) -> None:
+    """The folder an output goes into exists and is writable (checked before any work starts)."""
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{output}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{output}: the folder {parent} is not writable")

@@ -7,6 +7,7 @@ in SOF0.  Pure byte handling: no pixels, no encoder.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from typing import Optional, Sequence
 
@@ -156,15 +157,28 @@ def segment_starts(scan: bytes) -> np.ndarray:
 
 
 def splice_tiles(header: bytes, template_scan: bytes, starts: np.ndarray, tiles: int, fresh: bytes,
-                 tables: np.ndarray, interval: int, box: tuple[int, int, int, int]) -> bytes:
+                 tables: np.ndarray, interval: int, box: tuple[int, int, int, int],
+                 path: Optional[str] = None) -> Optional[bytes]:
     """A whole JPEG: ``header`` (with DRI), the template's scan with the tiles of ``box``
     (t0, r0, t1, r1) replaced by those of ``fresh`` (one libjpeg-turbo encode of exactly those
     tiles, no restarts; cut as :func:`restart_segments` does), RST markers numbered, and EOI.
-    One call that holds the GIL only to allocate the result (``_ext/scan_core.h``)."""
+    One call that holds the GIL only to allocate the result (``_ext/scan_core.h``).  With
+    ``path``, the file is written there (created or truncated) in that same GIL-free call, and
+    None returned: with several workers every retake of the GIL may wait for a wake-up."""
+    from ._ext import fileio
     from ._ext.scan import splice as kernel
 
     t0, r0, t1, r1 = box
+    if path is not None and "\0" in path:
+        raise ValueError("embedded null byte")          # as os.open says it, not as a bad splice
+    if path is not None and not fileio.AVAILABLE:            # no POSIX file calls: os calls
+        data = splice_tiles(header, template_scan, starts, tiles, fresh, tables, interval, box)
+        from .atomic import write_file
+
+        write_file(path, data)
+        return None
     try:
-        return kernel(header, template_scan, starts, tiles, fresh, tables, interval, t0, r0, t1, r1)
+        return kernel(header, template_scan, starts, tiles, fresh, tables, interval, t0, r0, t1, r1,
+                      None if path is None else os.fsencode(path))
     except ValueError as e:
         raise InputError(f"cannot splice the frame's tiles into its template: {e}") from None

@@ -30,6 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .atomic import write_file
 from .errors import InputError
 from .jpeg_layout import (assemble, geometry, huffman_tables, interleaved, restart_interval, restart_segments,
                           row_segments, segment_starts, splice_tiles, split, tables, with_restarts, with_size)
@@ -269,32 +270,45 @@ class SplicingEncoder:
             size = self.sizes[k] = (h, w)
         return size
 
-    def _splice(self, k: int, h: int, w: int, changed: Sequence[int], pixels: Callable) -> bytes:
+    def _splice(self, k: int, h: int, w: int, changed: Sequence[int], pixels: Callable,
+                path: Optional[str] = None) -> Optional[bytes]:
         """Template k's tiles with those under ``changed`` encoded from ``pixels(box)``, the
         frame's pixels in a box of whole tiles: one encode of that box, then one call that cuts it
-        into tiles and writes the whole file (:func:`~fastgen.jpeg_layout.splice_tiles`)."""
+        into tiles and writes the whole file (:func:`~fastgen.jpeg_layout.splice_tiles`), to
+        ``path`` when given."""
         grid, scan, starts = self._segments(k, h, w)
         self._tables()
         x0, y0, x1, y1 = changed
         with self.lock:
             self.counts["spliced"] += 1
         if x1 <= x0 or y1 <= y0:
-            return b"".join([self._header(grid), scan, b"\xff\xd9"])
+            return _written(b"".join([self._header(grid), scan, b"\xff\xd9"]), path)
         span = grid.span(x0, y0, x1, y1)
         box = grid.pixels(*span)
         return splice_tiles(self._header(grid), scan, starts, grid.tiles, encode(pixels(box), self.quality),
-                            self.huffman, grid.interval, span)
+                            self.huffman, grid.interval, span, path)
 
     def encode_frame(self, frame) -> bytes:
         """A :class:`~fastgen.frame.Frame` as JPEG.  A lazy frame (``patch`` + ``changed``) is
         spliced from the template's pixels around the box and the patch, without its full image."""
+        data = self._frame(frame, None)
+        assert data is not None
+        return data
+
+    def write_frame(self, frame, path: str) -> None:
+        """:meth:`encode_frame` written to ``path`` (created or truncated): a spliced frame's file
+        is assembled and written in one GIL-free call, so a sink's worker retakes the GIL once
+        for both."""
+        self._frame(frame, path)
+
+    def _frame(self, frame, path: Optional[str]) -> Optional[bytes]:
         k, changed, patch = frame.template, frame.changed, frame.patch
         if patch is None or k < 0 or changed is None or self.template_region is None:
-            return self.encode(frame.image, k, changed)
+            return _written(self.encode(frame.image, k, changed), path)
         h, w = self._size(k)
         x0, y0, x1, y1 = changed
         if h < MCU_ROWS or x1 <= x0 or y1 <= y0:
-            return self.encode(frame.image, k, changed)
+            return _written(self.encode(frame.image, k, changed), path)
 
         made = frame.region
 
@@ -306,7 +320,7 @@ class SplicingEncoder:
             region[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] = patch
             return region
 
-        return self._splice(k, h, w, changed, pixels)
+        return self._splice(k, h, w, changed, pixels, path)
 
     def encode(self, image: np.ndarray, template: int = -1, changed: Optional[Sequence[int]] = None) -> bytes:
         """``image`` as JPEG; spliced when it is template ``template`` except inside ``changed``."""
@@ -316,3 +330,11 @@ class SplicingEncoder:
                 self.counts["full"] += 1
             return encode(image, self.quality)
         return self._splice(template, h, w, changed, lambda box: image[box[1]:box[3], box[0]:box[2]])
+
+
+def _written(data: bytes, path: Optional[str]) -> Optional[bytes]:
+    """``data``, or None once it is written to ``path`` when one is given."""
+    if path is None:
+        return data
+    write_file(path, data)
+    return None

@@ -12,7 +12,7 @@ import logging
 import threading
 from concurrent.futures import Executor, Future
 from queue import Empty, SimpleQueue
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger("fastgen")
 
@@ -75,3 +75,20 @@ class WorkerPool(Executor):
         if wait:
             for thread in self.threads:
                 thread.join()
+
+
+def ahead(executor, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """``map(fn, items)`` in order, computed on ``executor`` up to ``window`` items ahead."""
+    from collections import deque
+
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(executor.submit(fn, item))
+            if len(pending) > window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()

@@ -1,1 +1,3 @@
+AVAILABLE: bool
+
 def write_new(path: bytes, data: bytes | bytearray | memoryview) -> None: ...

@@ -7,4 +7,5 @@ def restart_segments(
 def splice(
     header: bytes, template_scan: bytes, starts: npt.NDArray[np.int64], tiles: int, fresh: bytes,
     tables: npt.NDArray[np.uint8], interval: int, t0: int, r0: int, t1: int, r1: int,
-) -> bytes: ...
+    path: bytes | None = None,
+) -> bytes | None: ...

@@ -8,6 +8,8 @@ from cpython.ref cimport Py_XDECREF
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport free, malloc
 
+import os
+
 import numpy as np
 
 cdef extern from "Python.h":
@@ -15,6 +17,10 @@ cdef extern from "Python.h":
     PyObject *_new_bytes "PyBytes_FromStringAndSize"(const char *data, Py_ssize_t size) except NULL
     char *_bytes_data "PyBytes_AS_STRING"(PyObject *obj)
     int _PyBytes_Resize(PyObject **obj, Py_ssize_t size) except -1
+
+
+cdef extern from "fileio_core.h" nogil:
+    int fio_write_new(const char *path, const uint8_t *data, size_t size)
 
 
 cdef extern from "scan_core.h" nogil:
@@ -93,10 +99,11 @@ def restart_segments(const uint8_t[::1] scan, const uint8_t[:, ::1] tables, int 
 
 def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const int64_t[::1] starts,
            int tiles, const uint8_t[::1] fresh, const uint8_t[:, ::1] tables, int interval,
-           int t0, int r0, int t1, int r1):
+           int t0, int r0, int t1, int r1, bytes path=None):
     """One spliced JPEG (``bytes``): ``header``, the template's scan with tiles t0..t1 of MCU rows
     r0..r1 replaced by the restart segments of ``fresh`` (a JPEG of exactly those tiles, without
-    restarts), and EOI.
+    restarts), and EOI.  With ``path`` (bytes, POSIX), the file is written there instead, in the
+    same GIL-free stretch (fileio_core.h), and None returned.
 
     ``template_scan`` holds the template's segments with their RST markers; segment i starts at
     ``starts[i]``, and ``starts[-1]`` is ``len(template_scan) + 2``.  ``tiles``: tiles a row.
@@ -108,7 +115,7 @@ def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const in
     cdef size_t scan_start = 0, scan_end = 0, size = 0
     cdef int status = 0, mcu_rows = 0, mcu_cols = 0
     cdef uint8_t *scratch = NULL
-    cdef uint8_t *target
+    cdef uint8_t *target = NULL
     cdef int64_t *offsets = NULL
     _build_tables(tables, huff, dc, ac)
     if interval < 1 or tiles < 1 or count < tiles or count % tiles:
@@ -130,8 +137,17 @@ def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const in
     # with a marker after each, and EOI: allocated at that size now and cut to size after, so the
     # parse and the copy run in one GIL-free stretch
     bound = header.shape[0] + template_scan.shape[0] + cap + 2 * fresh_count + 2
-    cdef PyObject *raw = _new_bytes(NULL, bound)
-    target = <uint8_t *>_bytes_data(raw)
+    cdef PyObject *raw = NULL
+    cdef const char *name = NULL
+    cdef int err = 0
+    if path is not None:
+        if b"\0" in path:
+            raise ValueError("embedded null byte")
+        name = path
+        target = NULL                          # assembled into scratch memory, then written
+    else:
+        raw = _new_bytes(NULL, bound)
+        target = <uint8_t *>_bytes_data(raw)
     with nogil:
         status = fs_find_scan(&fresh[0], <size_t>fresh.shape[0], &scan_start, &scan_end, &mcu_rows, &mcu_cols)
         if status == 0 and (mcu_rows != r1 - r0 or mcu_cols != (t1 - t0) * interval):
@@ -139,7 +155,9 @@ def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const in
         if status == 0:
             scratch = <uint8_t *>malloc(cap)
             offsets = <int64_t *>malloc((fresh_count + 1) * sizeof(int64_t))
-            if scratch == NULL or offsets == NULL:
+            if name != NULL:
+                target = <uint8_t *>malloc(<size_t>bound)
+            if scratch == NULL or offsets == NULL or target == NULL:
                 status = -5
         if status == 0:
             status = fs_restart_segments(&fresh[scan_start], scan_end - scan_start, mcu_rows, mcu_cols,
@@ -147,14 +165,22 @@ def splice(const uint8_t[::1] header, const uint8_t[::1] template_scan, const in
         if status == 0:
             size = fs_assemble(&header[0], <size_t>header.shape[0], &template_scan[0], &starts[0], <int>count,
                                tiles, t0, r0, t1, r1, scratch, offsets, target)
+            if name != NULL:
+                err = fio_write_new(name, target, size)
         free(scratch)
         free(offsets)
-    if status:
+        if name != NULL:
+            free(target)
+    if status or err:
         Py_XDECREF(raw)
         if status == -7:
             raise ValueError(f"the fresh JPEG is {mcu_rows} x {mcu_cols} MCUs, not the "
                              f"{r1 - r0} x {(t1 - t0) * interval} of tiles {t0}..{t1}, rows {r0}..{r1}")
-        raise ValueError(_ERRORS.get(status, f"error {status}"))
+        if status:
+            raise ValueError(_ERRORS.get(status, f"error {status}"))
+        raise OSError(err, os.strerror(err), os.fsdecode(path))
+    if raw == NULL:
+        return None
     _PyBytes_Resize(&raw, <Py_ssize_t>size)     # on failure it frees the object and raises
     out = <object>raw
     Py_XDECREF(raw)
