@@ -116,6 +116,13 @@ def test_feature_table_rule_and_laziness():
             assert (out[r] == want).all(), (j, r)
     table = full.table()
     assert np.array_equal(table[:, 0], np.clip(np.arange(n + 2) - 1, 0, n - 1))
+    for j in (3, 75, n):                             # other shapes of the same size, strided too
+        full.window(j, out)
+        flat = np.empty((8, 2 * d), np.float32)
+        strided = np.zeros((16, 2 * d), np.float32)[:, ::2]
+        full.window(j, flat)
+        full.window(j, strided)
+        assert np.array_equal(flat.reshape(16, d), out) and np.array_equal(strided, out)
 
     calls.clear()
     part = FeatureTable.from_windows(windows, encode, start=100, count=2)

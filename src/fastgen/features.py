@@ -41,6 +41,16 @@ def window_rows(j: int, n_windows: Optional[int]) -> tuple[np.ndarray, np.ndarra
     return valid, np.clip(r[valid] - 1, 0, n_windows - 1)
 
 
+def _copy_holding_gil(out: np.ndarray, rows: np.ndarray) -> None:
+    """``rows`` into ``out`` (same size, any shape): a 32 KB copy.  numpy drops the GIL for a copy
+    that size and must then take it back, which with several workers often means waiting for a
+    wake-up far longer than the copy; a memoryview copy (contiguous float32 both sides) keeps it."""
+    if out.flags.c_contiguous and rows.flags.c_contiguous and out.dtype == rows.dtype and out.size == rows.size:
+        memoryview(out).cast("B")[:] = memoryview(rows).cast("B")
+    else:                                    # a strided ``out``: numpy writes through the view
+        np.copyto(out, rows.reshape(out.shape))
+
+
 def frame_range(total: int, start: int, count: Optional[int]) -> range:
     """Frames ``start .. start + count - 1`` of a clip with ``total`` frames, cut to the clip."""
     if start < 0:
@@ -120,7 +130,7 @@ class FeatureTable:
             # away from the clip's ends the rows are 16 consecutive windows: one slice copy
             if self._windows is not None:
                 self._ensure(first + 2 * FEATURE_CONTEXT)
-            out.reshape(2 * FEATURE_CONTEXT, -1)[:] = self._emb[first:first + 2 * FEATURE_CONTEXT]
+            _copy_holding_gil(out, self._emb[first:first + 2 * FEATURE_CONTEXT])
             return
         valid, need = window_rows(j, self.n_windows)
         if self._windows is not None and need.size:
