@@ -122,3 +122,24 @@ def test_write_file_from_a_thread_pool(writer, tmp_path):
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda i: writer(os.fspath(tmp_path / f"{i}.jpg"), blobs[i]), range(64)))
     assert all((tmp_path / f"{i}.jpg").read_bytes() == blobs[i] for i in range(64))
+
+
+def test_building_dir_names_the_users_path_in_passed_through_errors(tmp_path):
+    """With ``error=None`` an OSError about a file in the temporary folder (a frame the disk had
+    no room for) is re-raised, same class, naming that file under the destination; an OSError
+    about anything else (a renderer's input) passes through untouched."""
+    dest = tmp_path / "frames"
+    with pytest.raises(OSError) as err:
+        with building_dir(dest, None, "the frames") as tmp:
+            raise OSError(28, "No space left on device", os.path.join(tmp, "frame_00005.jpg"))
+    assert err.value.errno == 28 and err.value.filename == os.path.join(str(dest), "frame_00005.jpg")
+    with pytest.raises(FileNotFoundError) as err:
+        with building_dir(dest, None, "the frames") as tmp:
+            write_file(os.path.join(tmp, "gone", "f.jpg"), b"1")
+    assert err.value.filename == os.path.join(str(dest), "gone", "f.jpg")
+    elsewhere = os.fspath(tmp_path / "input.wav")
+    with pytest.raises(PermissionError) as err:
+        with building_dir(dest, None, "the frames"):
+            raise PermissionError(13, "Permission denied", elsewhere)
+    assert err.value.filename == elsewhere
+    assert sorted(p.name for p in tmp_path.iterdir()) == []          # no temporary left

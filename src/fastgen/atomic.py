@@ -107,11 +107,21 @@ def _building(dest: Path, error: Optional[Type[FastgenError]], what: str, make_t
         finish(tmp, dest)
     except OSError as exc:
         if error is None:
-            raise
+            raise _named_for_dest(exc, tmp, dest) from None
         raise error(_cannot(dest, what, exc)) from None
     finally:
         if tmp.exists():
             discard(tmp)
+
+
+def _named_for_dest(exc: OSError, tmp: Path, dest: Path) -> OSError:
+    """``exc`` as it would read for ``dest``: a file inside ``tmp`` (a frame the disk had no room
+    for) is named under ``dest``; other errors (a renderer's input) are left as they are."""
+    name = exc.filename
+    if not isinstance(name, str) or not (name == str(tmp) or name.startswith(str(tmp) + os.sep)):
+        return exc
+    renamed = type(exc)(exc.errno, exc.strerror, str(dest) + name[len(str(tmp)):])
+    return renamed
 
 
 def _keep_first(tmp: Path, dest: Path) -> None:
