@@ -120,8 +120,7 @@ def _named_for_dest(exc: OSError, tmp: Path, dest: Path) -> OSError:
     name = exc.filename
     if not isinstance(name, str) or not (name == str(tmp) or name.startswith(str(tmp) + os.sep)):
         return exc
-    renamed = type(exc)(exc.errno, exc.strerror, str(dest) + name[len(str(tmp)):])
-    return renamed
+    return type(exc)(exc.errno, exc.strerror, str(dest) + name[len(str(tmp)):])
 
 
 def _keep_first(tmp: Path, dest: Path) -> None:

@@ -157,12 +157,9 @@ class FrameStep:
     def patch(self, k: int, pred: np.ndarray) -> np.ndarray:
         """The pixels of :meth:`finish`'s frame inside :meth:`changed`'s box, without the frame
         (a view of :meth:`patch_region`'s pixels)."""
-        return self._inside(*self.patch_region(k, pred), self.changed(k))
-
-    @staticmethod
-    def _inside(pixels: np.ndarray, around: Sequence[int], box: Sequence[int]) -> np.ndarray:
-        """The view of ``pixels`` (of the box ``around``) that shows ``box``."""
-        return pixels[box[1] - around[1]:box[3] - around[1], box[0] - around[0]:box[2] - around[0]]
+        pixels, _ = self.patch_region(k, pred)
+        lx0, ly0, lx1, ly1 = self._geometry(k)[2]
+        return pixels[ly0:ly1, lx0:lx1]
 
     def patch_region(self, k: int, pred: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The finished frame's pixels in :meth:`Avatar.region_box` of the crop box, and that box.

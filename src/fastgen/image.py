@@ -170,6 +170,8 @@ def paste_generated(pred: np.ndarray, crop328: np.ndarray, frame: np.ndarray, bo
         base = _check_image("base", base, shape=frame.shape)
     try:
         _image.paste_generated(pred, crop328, frame, x0, y0, x1, y1, int(feather), ROI_OFFSET, base)
-    except ValueError as e:        # base overlapping frame: the kernel's own bounds check, which
-        raise InputError(f"paste_generated: {e}") from None    # (unlike np.may_share_memory) keeps the GIL
+    except ValueError as e:
+        # a base overlapping the frame: the kernel checks the bounds itself, because
+        # np.may_share_memory would drop and retake the GIL on every frame
+        raise InputError(f"paste_generated: {e}") from None
     return frame
