@@ -8,9 +8,9 @@ Data flow (one direction)::
     [worker pool]               fill inputs of the batches ahead, one task a frame;
                                 FrameStep.patch: output -> the pasted pixels of the face box (and,
                                 when the sink shares the pool, its encodes)
-    [caller]                    lazy Frame objects in order, from one queue of finished frames
-                                (or, after :meth:`FrameScheduler.finish_with`, each frame with
-                                what a sink's function made of it in the same pool task)
+    [caller]                    lazy Frame objects in order, from the finished frames (or,
+                                after :meth:`FrameScheduler.finish_with`, each frame with what a
+                                sink's function made of it in the same pool task)
 
 One pool of ``workers`` threads does all per-frame work, so ``workers`` is the number of cores the
 frame path uses; a sink given the same ``executor`` encodes on it too.  While a session runs
@@ -18,6 +18,15 @@ batch k, the pool fills the batches after it (up to ``workers`` of them, each fr
 into the session's spare input buffers), so a fast backend never waits for its inputs and the
 fills of one batch run on every worker at once.  (Filling one batch ahead as one task capped the
 null-model frame path at one fill at a time: 1 / 0.6 ms, whatever the workers.)
+
+On two cores a frame path with a fast backend takes ~0.6 ms a frame, and every time the caller
+or an infer thread sleeps and is woken it preempts a worker (measured: ~3.7 preemptions a frame
+and twice the orchestration CPU at 2 workers as at 1, which cost the 1 -> 2 worker scaling about
+8 %).  So both wait for several frames at a time when there are several to wait for: the caller
+for the last frame already handed to the pool (up to ``chunk`` frames ahead of the one it needs),
+an infer thread whose next batch is not filled yet for a later batch's fills, leaving ``lag``
+batches of fills queued so the workers do not run dry meanwhile.  Neither waits for anything
+that needs more permits, and a slow backend (batches ahead always filled) never waits at all.
 
 At most ``depth`` frames are in flight.  Permits are taken in frame order, so the oldest frame
 always holds one and the ring cannot deadlock; memory stays flat however long the audio is.  Any
@@ -43,6 +52,7 @@ from .workers import WorkerPool
 
 _POLL_S = 0.1      # how often blocked threads look at the stop flag
 _DRAIN_S = 30.0    # the longest a stopped run waits for a sink's writes in flight
+_ENDED = "ended"   # an infer thread's last report to the caller
 
 
 class FrameScheduler:
@@ -58,18 +68,26 @@ class FrameScheduler:
         self.sessions, self.step, self.features = list(sessions), step, features
         self.order, self.jobs = order, jobs
         self.batch, self.workers, self.audio_shape = int(batch), int(workers), tuple(audio_shape)
-        # batches filled ahead of the running one, per session: enough frames to give every worker
-        # a fill task, at most 4 batches of input buffers
-        self.ahead = max(1, min(4, -(-self.workers // self.batch)))
+        # batches filled ahead of the running one, per session: three fills a worker, at most 8
+        # batches of input buffers; while an infer thread waits, ``lag`` of them (a fill a
+        # worker) stay queued behind the batch it waits for
+        self.ahead = max(1, min(8, -(-3 * self.workers // self.batch)))
+        self.lag = -(-self.workers // self.batch)
+        # the caller waits for up to this many finished frames at a time
+        self.chunk = 2 * self.workers
         # frames in flight: per session the running batch, those ahead and one more whose frames
         # may still await the caller (so the next claim rarely finds the permits taken), plus
-        # what the workers and the sink hold
-        self.depth = self.batch * len(self.sessions) * (self.ahead + 2) + 2 * self.workers
+        # what the workers, the sink and the caller's chunk hold
+        self.depth = self.batch * len(self.sessions) * (self.ahead + 2) + 2 * self.workers + self.chunk
         self.permits = Permits(self.depth)
         self.claim_lock = threading.Lock()        # permits are taken in frame order under it
-        # finished frames, errors and ended infer threads, as (frame number, value, error) or
-        # (None, None, error-or-None); one C-level queue, so a hand-off costs no Python locking
+        # frame number -> the finished frame (or the frame and its ``then`` result)
+        self.finished: dict[int, Any] = {}
+        # wakes the caller: None when frame ``want`` is finished, an infer thread's end, or an
+        # error (one C-level queue, so a hand-off costs no Python locking)
         self.done: SimpleQueue = SimpleQueue()
+        self.want = -1                            # the frame whose finishing wakes the caller
+        self.handed = -1                          # the last frame handed to the pool to finish
         self.pending: set[int] = set()            # frames handed to the pool and not yet reported
         self.next_job = jobs.start
         self.stop = threading.Event()
@@ -139,13 +157,17 @@ class FrameScheduler:
         return True
 
     def _finish(self, j: int, pred: np.ndarray) -> None:
-        """Frame j from its prediction (and the sink's ``then``), reported to ``done``."""
+        """Frame j from its prediction (and the sink's ``then``), into ``finished``."""
         try:
             if not self.stop.is_set():
                 frame = self.step.frame(j, frame_time(j), self.order[j], pred)
-                self.done.put((j, frame if self.then is None else (frame, self.then(j - self.jobs.start, frame)), None))
+                self.finished[j] = frame if self.then is None else (frame, self.then(j - self.jobs.start, frame))
+                # stored before ``want`` is read, as the caller sets ``want`` before it looks in
+                # ``finished``: one of the two sees the other, so no wake-up is lost
+                if j == self.want:
+                    self.done.put(None)
         except BaseException as exc:
-            self.done.put((j, None, exc))
+            self.done.put(exc)
         finally:
             self.pending.discard(j)
 
@@ -173,6 +195,8 @@ class FrameScheduler:
 
             top_up(holding=False)
             while queued and not self.stop.is_set():
+                if not self._wait_for_several(queued):
+                    break
                 claimed, inputs, audio, filled = queued.popleft()
                 if not self._filled(filled, len(claimed)) or self.stop.is_set():
                     break
@@ -182,36 +206,57 @@ class FrameScheduler:
                 spare.append((inputs, audio))
                 for i, j in enumerate(claimed):
                     self.pending.add(j)
+                    self.handed = max(self.handed, j)
                     call(self._finish, j, pred[i])
                 top_up(holding=False)
             for claimed, _, _, filled in queued:
                 # raises a fill error; otherwise the claimed frames are dropped
                 if not self._filled(filled, len(claimed)):
                     break
-            self.done.put((None, None, None))
+            self.done.put(_ENDED)
         except BaseException as exc:  # surfaces in the caller, which re-raises it
-            self.done.put((None, None, exc))
+            self.done.put(exc)
+
+    def _wait_for_several(self, queued: deque) -> bool:
+        """If the next batch is not filled yet, wait for a later one's fills instead (the pool
+        fills in order, so the batches before it are then filled too and run without a wait each),
+        leaving ``lag`` batches of fills queued for the workers.  False if the run stopped."""
+        claimed, _, _, filled = queued[0]
+        later = len(queued) - 1 - self.lag
+        if later <= 0 or filled.qsize() >= len(claimed):
+            return True
+        claimed, _, _, filled = queued[later]
+        if not self._filled(filled, len(claimed)):
+            return False
+        for _ in claimed:                 # _filled took the reports: put them back for the loop
+            filled.put(None)
+        return True
 
     # ---------------------------------------------------------------- caller
 
-    def _result(self, j: int, early: dict, running: list) -> object:
-        """Frame j's value from the ``done`` queue (later frames that come first wait in
-        ``early``; ``running`` counts infer threads still going)."""
-        while j not in early:
+    def _result(self, j: int, running: list) -> object:
+        """Frame j's value, waiting until it is finished (``running`` counts infer threads still
+        going).  While frames after j are in the pool, waits for the last of them (up to
+        ``chunk`` frames on), so one wake-up brings several frames."""
+        finished = self.finished
+        while j not in finished:
+            self.want = max(j, min(j + self.chunk - 1, self.handed))
+            if self.want != j and self.want in finished:    # already there: wait for j itself
+                self.want = j
+                if j in finished:
+                    break
             try:
-                k, value, exc = self.done.get(timeout=_POLL_S)
+                got = self.done.get(timeout=_POLL_S)
             except Empty:
                 # every infer thread is done, nothing is in the pool, and frame j never came
-                if running[0] == 0 and not self.pending:
+                if running[0] == 0 and not self.pending and j not in finished:
                     raise RuntimeError(f"fastgen: frame {j} was never produced") from None
                 continue
-            if exc is not None:
-                raise exc
-            if k is None:
+            if got is _ENDED:
                 running[0] -= 1
-            else:
-                early[k] = value
-        return early.pop(j)
+            elif got is not None:
+                raise got
+        return finished.pop(j)
 
     def __iter__(self) -> "Frames":
         if self.started:
@@ -230,11 +275,10 @@ class FrameScheduler:
                                     daemon=True) for i, s in enumerate(self.sessions)]
         for t in threads:
             t.start()
-        early: dict = {}
         running = [len(threads)]
         try:
             for j in self.jobs:
-                frame = self._result(j, early, running)
+                frame = self._result(j, running)
                 self.permits.release()
                 yield frame
         finally:
