@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._ext import fileio, scan as _scan
 from .errors import InputError
 
 SOS, DRI, EOI = 0xDA, 0xDD, 0xD9
@@ -137,14 +138,12 @@ def restart_segments(data: bytes, interval: int) -> list[bytes]:
     """The restart segments, every ``interval`` MCUs of each MCU row, of a 4:2:0 JPEG written
     without restarts (one libjpeg-turbo encode of a region): byte for byte the scans of its
     tiles encoded one by one, at the cost of one parse of its scan (``_ext/scan_core.h``)."""
-    from ._ext.scan import restart_segments as kernel
-
     header, scan = split(data)
     h, w, mh, mw = geometry(header)
     if restart_interval(header):
         raise InputError("the JPEG already has restart markers")
     try:
-        return kernel(scan, huffman_tables(header), -(-h // mh), -(-w // mw), interval)
+        return _scan.restart_segments(scan, huffman_tables(header), -(-h // mh), -(-w // mw), interval)
     except ValueError as e:
         raise InputError(f"cannot cut the JPEG's scan into restart segments: {e}") from None
 
@@ -165,9 +164,6 @@ def splice_tiles(header: bytes, template_scan: bytes, starts: np.ndarray, tiles:
     One call that holds the GIL only to allocate the result (``_ext/scan_core.h``).  With
     ``path``, the file is written there (created or truncated) in that same GIL-free call, and
     None returned: with several workers every retake of the GIL may wait for a wake-up."""
-    from ._ext import fileio
-    from ._ext.scan import splice as kernel
-
     t0, r0, t1, r1 = box
     if path is not None and "\0" in path:
         raise ValueError("embedded null byte")          # as os.open says it, not as a bad splice
@@ -178,7 +174,7 @@ def splice_tiles(header: bytes, template_scan: bytes, starts: np.ndarray, tiles:
         write_file(path, data)
         return None
     try:
-        return kernel(header, template_scan, starts, tiles, fresh, tables, interval, t0, r0, t1, r1,
+        return _scan.splice(header, template_scan, starts, tiles, fresh, tables, interval, t0, r0, t1, r1,
                       None if path is None else os.fsencode(path))
     except ValueError as e:
         raise InputError(f"cannot splice the frame's tiles into its template: {e}") from None

@@ -68,10 +68,10 @@ class FrameScheduler:
         self.sessions, self.step, self.features = list(sessions), step, features
         self.order, self.jobs = order, jobs
         self.batch, self.workers, self.audio_shape = int(batch), int(workers), tuple(audio_shape)
-        # batches filled ahead of the running one, per session: three fills a worker, at most 8
-        # batches of input buffers; while an infer thread waits, ``lag`` of them (a fill a
-        # worker) stay queued behind the batch it waits for
-        self.ahead = max(1, min(8, -(-3 * self.workers // self.batch)))
+        # batches filled ahead of the running one, per session: two fills a worker (three
+        # measured no faster), at most 8 batches of input buffers; while an infer thread waits,
+        # ``lag`` of them (a fill a worker) stay queued behind the batch it waits for
+        self.ahead = max(1, min(8, -(-2 * self.workers // self.batch)))
         self.lag = -(-self.workers // self.batch)
         # the caller waits for up to this many finished frames at a time
         self.chunk = 2 * self.workers

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import simplejpeg
 
 from .atomic import write_file
 from .errors import InputError
@@ -43,8 +44,6 @@ TILE_MCUS = 8                      # preferred restart interval: 128-pixel tiles
 
 def encode(image: np.ndarray, quality: int) -> bytes:
     """The JPEG the sinks write: libjpeg-turbo via simplejpeg, 4:2:0, BGR."""
-    import simplejpeg
-
     return simplejpeg.encode_jpeg(image, quality=quality, colorspace="BGR", colorsubsampling=SUBSAMPLING)
 
 
@@ -135,8 +134,6 @@ def decode_region(data: bytes, x0: int, y0: int, x1: int, y1: int) -> Optional[n
     that of the region, not of the frame.  None when ``data`` cannot be cut or the box is empty
     or outside the frame.
     """
-    import simplejpeg
-
     header, _ = split(data)
     grid = TileGrid.of(header)
     if grid is None or not (0 <= x0 < x1 <= grid.width and 0 <= y0 < y1 <= grid.height):
