@@ -245,6 +245,18 @@ def test_to_generator_input_any_alignment(offset, n, rng):
     assert np.all(flat[:offset] == -1) and np.all(flat[offset + 6 * n * n:] == -1)   # nothing outside
 
 
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_input_batch_is_aligned_and_every_slot_fills_exactly(n, rng):
+    batch = image.input_batch(n)
+    assert batch.shape == (n, 6, 320, 320) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    assert batch.flags.writeable and (n == 0 or batch.ctypes.data % 64 == 0)   # (nothing to align at 0)
+    roi = rng.integers(0, 256, (320, 320, 3), dtype=np.uint8)
+    for i in range(n):
+        image.to_generator_input(roi, batch[i])
+        assert batch[i].ctypes.data % 64 == 0
+        np.testing.assert_array_equal(batch[i], reference_input(roi))
+
+
 def reference_output(pred: np.ndarray) -> np.ndarray:
     return (pred.transpose(1, 2, 0) * 255).astype(np.uint8)
 

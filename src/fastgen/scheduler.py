@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from .frame import Frame, FrameStep
-from .image import ROI_SIZE
+from .image import input_batch
 from .runtime import Session
 from .timing import frame_time
 from .workers import WorkerPool
@@ -176,7 +176,7 @@ class FrameScheduler:
         call = getattr(pool, "call", None) or pool.submit
         try:
             # input buffers: the pool fills the spare ones while the session reads one
-            spare = [(np.empty((self.batch, 6, ROI_SIZE, ROI_SIZE), np.float32),
+            spare = [(input_batch(self.batch),
                       np.empty((self.batch, *self.audio_shape), np.float32)) for _ in range(self.ahead + 1)]
             queued: deque = deque()        # (frames, inputs, audio, queue of fill reports), in frame order
 

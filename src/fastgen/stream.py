@@ -25,7 +25,7 @@ from . import audio as audio_io
 from .errors import InputError
 from .features import window_rows
 from .frame import Frame, FrameStep
-from .image import ROI_SIZE
+from .image import input_batch
 from .runtime import Session
 from .timing import FEATURE_CONTEXT, FPS, HOP, SAMPLE_RATE, WINDOW_FRAMES, frame_time, window_start
 
@@ -234,7 +234,7 @@ class Stream:
             todo = [j for j, a in zip(chunk, alphas) if a > 0]
             preds = {}
             if todo:
-                inp = np.empty((len(todo), 6, ROI_SIZE, ROI_SIZE), np.float32)
+                inp = input_batch(len(todo))
                 aud = np.empty((len(todo), *self.audio_shape), np.float32)
                 for i, j in enumerate(todo):
                     self.step.fill(order[j], inp[i])

@@ -25,6 +25,7 @@ import numpy as np
 from .. import audio as audio_io
 from ..engine import Generator
 from ..features import FeatureTable
+from ..image import input_batch
 from ..runtime.fidelity import avatar_inputs, run_all
 from ..scheduler import FrameScheduler
 from ..sinks import JpegDirectory, VideoFile
@@ -117,7 +118,7 @@ def _stages(gen: Generator, null: NullSession, wav, frames: int, splicer: Splici
             "jpeg_full")
     times.update(dict.fromkeys(keys, 0.0))
     order = gen.avatar.order(table.frames.stop)
-    inp = np.empty((1, 6, 320, 320), np.float32)
+    inp = input_batch(1)
     aud = np.empty((1, *gen.audio_shape), np.float32)
     for j in table.frames:
         k = order[j]
