@@ -225,6 +225,39 @@ def test_dropping_the_frames_early_stops_the_threads():
     assert not [t.name for t in threading.enumerate() if t.name.startswith("fastgen-")]
 
 
+class StoredJustAfterTheLook(dict):
+    """The finished frames, where a worker stores frame ``j`` right after the caller's first look
+    for it, before the caller says which frame wakes it (so the worker sees the old ``want`` and
+    wakes nobody)."""
+
+    def __init__(self, j, value):
+        super().__init__()
+        self.j, self.value, self.looked = j, value, False
+
+    def __contains__(self, k):
+        found = super().__contains__(k)
+        if k == self.j and not self.looked:
+            self.looked = True
+            self[k] = self.value
+        return found
+
+
+class NoWakeUp:
+    def put(self, value):
+        pass
+
+    def get(self, timeout=None):
+        raise AssertionError("the caller went to sleep though its frame was finished")
+
+
+def test_a_frame_finished_while_the_caller_picks_its_wake_up_is_not_missed():
+    """Before this was mended the caller slept out the 0.1 s poll in this case."""
+    sched = FrameScheduler([QuickSession()], QuickStep(), Features(), [0] * 4, range(4), batch=1, workers=2,
+                           audio_shape=AUDIO_SHAPE)
+    sched.finished, sched.done = StoredJustAfterTheLook(0, "frame 0"), NoWakeUp()
+    assert sched._result(0, [1]) == "frame 0"
+
+
 def test_worker_pool_is_an_executor():
     import logging
 

@@ -240,11 +240,13 @@ class FrameScheduler:
         ``chunk`` frames on), so one wake-up brings several frames."""
         finished = self.finished
         while j not in finished:
-            self.want = max(j, min(j + self.chunk - 1, self.handed))
-            if self.want != j and self.want in finished:    # already there: wait for j itself
-                self.want = j
-                if j in finished:
-                    break
+            want = max(j, min(j + self.chunk - 1, self.handed))
+            if want in finished:                 # already there: wait for j itself
+                want = j
+            self.want = want
+            # looked at again after ``want`` is set: a frame stored before that saw the old one
+            if want in finished:
+                continue
             try:
                 got = self.done.get(timeout=_POLL_S)
             except Empty:
